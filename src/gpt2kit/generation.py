@@ -1,0 +1,191 @@
+"""Autoregressive generation as a Python generator of token ids.
+
+The engine knows only ids: tokenizers live one layer up (TextStreamer, generate_text).
+One prompt yields ints; a batch (or num_samples > 1) yields one list per step with an id
+for each row, or None for rows that already stopped.
+
+Batched prompts are left-padded: pad keys are masked and each row's positions start at 0
+at its first real token, so a row gives the same tokens as its prompt run alone.
+Past the context window the model re-runs the last block_size tokens (nanoGPT's crop),
+so no position >= n_ctx is ever used.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+import torch
+
+from .errors import GPT2KitError
+from .sampling import SamplingParams, sample
+from .tokenization.base import StreamDecoder, Tokenizer
+
+
+def _check_prompts(prompts, vocab_size: int) -> list[list[int]]:
+    if not isinstance(prompts, (list, tuple)) or not prompts:
+        raise GPT2KitError("prompt must be a non-empty list of token ids (or a list of such lists)")
+    batch = [list(p) for p in prompts] if isinstance(prompts[0], (list, tuple)) else [list(prompts)]
+    for row in batch:
+        if not row:
+            raise GPT2KitError("a prompt is empty: give at least one token (e.g. the tokenizer's eot_token for unconditional samples)")
+        for t in row:
+            if not isinstance(t, int) or isinstance(t, bool) or not 0 <= t < vocab_size:
+                raise GPT2KitError(f"prompt token {t!r} is not an id in 0..{vocab_size - 1}")
+    return batch
+
+
+@torch.inference_mode()
+def generate(
+    model,
+    prompt: Sequence[int] | Sequence[Sequence[int]],
+    max_new_tokens: int = 50,
+    *,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    seed: int | None = None,
+    generator: torch.Generator | None = None,
+    num_samples: int = 1,
+    stop_tokens: Iterable[int] = (),
+) -> Iterator:
+    """Yield new token ids. Rows stop at a stop token (which is yielded) or after max_new_tokens."""
+    params = SamplingParams(temperature, top_k, top_p, repetition_penalty)
+    cfg = model.config
+    batch = _check_prompts(prompt, cfg.vocab_size)
+    single = not isinstance(prompt[0], (list, tuple)) and num_samples == 1
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        raise GPT2KitError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
+        raise GPT2KitError(f"num_samples must be a positive integer, got {num_samples!r}")
+    device = model.transformer.wte.weight.device
+    if generator is None and seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
+    stop = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long, device=device)
+
+    rows = [p[-cfg.block_size:] for p in batch for _ in range(num_samples)]  # crop over-long prompts
+    B, L = len(rows), max(len(r) for r in rows)
+    hist = torch.zeros(B, L + max_new_tokens, dtype=torch.long, device=device)  # left-padded history
+    pad = torch.tensor([L - len(r) for r in rows], device=device)  # (B,)
+    for b, r in enumerate(rows):
+        hist[b, L - len(r) : L] = torch.tensor(r, dtype=torch.long)
+    n = L  # filled length of hist
+    padded = bool(pad.any())
+    seen = None
+    if repetition_penalty != 1.0:
+        seen = torch.zeros(B, cfg.vocab_size, dtype=torch.bool, device=device)
+        for b, r in enumerate(rows):
+            seen[b, r] = True
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    cache = model.new_cache(B, min(cfg.block_size, L + max_new_tokens))
+
+    was_training = model.training
+    model.eval()
+    try:
+        logits = _prefill(model, cache, hist, n, pad, padded)
+        for _ in range(max_new_tokens):
+            nxt = sample(logits[:, -1, :], params, generator, seen)  # (B,)
+            if seen is not None:
+                seen[torch.arange(B, device=device), nxt] = True
+            hist[:, n] = nxt
+            n += 1
+            stopped_now = torch.isin(nxt, stop) & ~done if stop.numel() else None
+            if single:
+                yield int(nxt[0])
+            else:
+                ids = nxt.tolist()
+                yield [None if d else t for t, d in zip(ids, done.tolist())]
+            if stopped_now is not None:
+                done |= stopped_now
+                if bool(done.all()):
+                    return
+            if n == L + max_new_tokens:
+                return
+            if cache.pos == cache.max_len:  # window full: re-run the last block_size tokens
+                logits = _prefill(model, cache, hist, n, pad, padded)
+            else:
+                positions = (cache.pos - pad)[:, None] if padded else None  # (B, 1)
+                logits, _ = model(nxt[:, None], cache=cache, positions=positions)  # (B, 1, V)
+    finally:
+        model.train(was_training)
+
+
+def _prefill(model, cache, hist, n: int, pad, padded: bool):
+    """Reset the cache and run the last min(n, cache.max_len) tokens of hist[:, :n]."""
+    W = min(n, cache.max_len)
+    window = hist[:, n - W : n]  # (B, W)
+    cache.reset()
+    positions = None
+    if padded:
+        pad_w = (pad - (n - W)).clamp(min=0)  # (B,) pads still inside the window
+        ar = torch.arange(W, device=hist.device)
+        positions = (ar[None, :] - pad_w[:, None]).clamp(min=0)  # (B, W)
+        key_mask = torch.ones(hist.size(0), cache.max_len, dtype=torch.bool, device=hist.device)
+        key_mask[:, :W] = ar[None, :] >= pad_w[:, None]
+        cache.key_mask = key_mask
+    logits, _ = model(window, cache=cache, positions=positions, last_only=True)
+    return logits  # (B, 1, V)
+
+
+class TextStreamer:
+    """Turns ids into text pieces: whole UTF-8 characters only, cut at the first stop string.
+
+    Text that might be the start of a stop string is held back until it is ruled out.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] = ()):
+        if any(not isinstance(s, str) or not s for s in stop):
+            raise GPT2KitError("stop strings must be non-empty strings")
+        self.decoder = StreamDecoder(tokenizer)
+        self.stop = list(stop)
+        self.pending = ""
+        self.stopped = False
+
+    def push(self, token: int) -> str:
+        return self._emit(self.pending + self.decoder.push(token), final=False)
+
+    def flush(self) -> str:
+        return "" if self.stopped else self._emit(self.pending + self.decoder.flush(), final=True)
+
+    def _emit(self, text: str, final: bool) -> str:
+        cut = min((i for i in (text.find(s) for s in self.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped, self.pending = True, ""
+            return text[:cut]
+        hold = 0 if final else max((k for s in self.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
+        self.pending = text[len(text) - hold :] if hold else ""
+        return text[: len(text) - hold]
+
+
+def generate_text(
+    model,
+    tokenizer: Tokenizer,
+    prompt: str | Sequence[int],
+    max_new_tokens: int = 50,
+    *,
+    stop: Sequence[str] = (),
+    allow_special: bool = False,
+    **kwargs,
+) -> Iterator[str]:
+    """Stream the continuation of one prompt as text; ends at EOT, a stop string or the length."""
+    ids = prompt if not isinstance(prompt, str) else tokenizer.encode(prompt, allowed_special="all" if allow_special else "none_raise")
+    if not ids:
+        if tokenizer.eot_token is None:
+            raise GPT2KitError("the prompt is empty and this tokenizer has no end-of-text token to start from; give a prompt")
+        ids = [tokenizer.eot_token]
+    eot = tokenizer.eot_token
+    streamer = TextStreamer(tokenizer, stop)
+    gen = generate(model, ids, max_new_tokens, stop_tokens=() if eot is None else (eot,), **kwargs)
+    try:
+        for t in gen:
+            if t == eot:
+                break
+            piece = streamer.push(t)
+            if piece:
+                yield piece
+            if streamer.stopped:
+                return
+        tail = streamer.flush()
+        if tail:
+            yield tail
+    finally:
+        gen.close()

@@ -1,0 +1,86 @@
+"""Tokenizers: one interface (base.Tokenizer), several kinds, one loader.
+
+get_tokenizer(spec) accepts:
+  'gpt2'                  GPT-2's BPE (tiktoken engine, OpenAI's files)
+  a directory             a saved tokenizer (tokenizer.json), or a checkpoint holding tokenizer/
+  'KIND:PATH'             a kind that loads from files (added by each kind's module)
+Kinds that are built from a corpus ('char', ...) come from build_tokenizer(spec, texts).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+
+from ..errors import GPT2KitError
+from ..fileio import read_json
+from .base import SPEC_FILE, StreamDecoder, Tokenizer
+from .char import CharTokenizer
+from .gpt2 import GPT2Tokenizer
+
+# kind -> loader(spec_dict, directory) for tokenizer.json
+LOADERS: dict[str, Callable[[dict, str], Tokenizer]] = {
+    "gpt2": lambda spec, d: GPT2Tokenizer(),
+    "char": CharTokenizer.from_spec,
+}
+# kind -> builder(texts, **options) for kinds whose vocabulary comes from the corpus
+BUILDERS: dict[str, Callable[..., Tokenizer]] = {
+    "char": CharTokenizer.build,
+}
+# kind -> opener(path) for 'KIND:PATH' specs
+OPENERS: dict[str, Callable[[str], Tokenizer]] = {}
+
+_HUB_GPT2_NAMES = {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "124M", "355M", "774M", "1558M"}
+
+
+def get_tokenizer(spec: str | os.PathLike = "gpt2") -> Tokenizer:
+    """A ready tokenizer from a name, a tokenizer/checkpoint directory, or 'KIND:PATH'."""
+    spec = os.fspath(spec)
+    if spec in _HUB_GPT2_NAMES or spec.startswith("openai-community/gpt2"):
+        return GPT2Tokenizer()
+    if os.path.isdir(spec):
+        return load_tokenizer(spec)
+    kind, sep, path = spec.partition(":")
+    if sep and kind in OPENERS:
+        return OPENERS[kind](path)
+    if spec in BUILDERS:
+        raise GPT2KitError(f"tokenizer {spec!r} is built from a corpus: use `gpt2kit prepare --tokenizer {spec}`, or pass a saved tokenizer directory")
+    raise GPT2KitError(
+        f"unknown tokenizer {spec!r}; use 'gpt2', a tokenizer or checkpoint directory, or one of "
+        + ", ".join(f"'{k}:PATH'" for k in sorted(OPENERS)) + (" (or a corpus-built kind: " + ", ".join(sorted(BUILDERS)) + ")")
+    )
+
+
+def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
+    """Load a tokenizer saved by Tokenizer.save (also accepts a checkpoint dir with tokenizer/)."""
+    directory = os.fspath(directory)
+    if not os.path.exists(os.path.join(directory, SPEC_FILE)):
+        sub = os.path.join(directory, "tokenizer")
+        if os.path.exists(os.path.join(sub, SPEC_FILE)):
+            directory = sub
+        elif _is_hf_gpt2_dir(directory):
+            return GPT2Tokenizer()  # an HF GPT-2 directory with GPT-2's own vocabulary
+        else:
+            raise GPT2KitError(f"no tokenizer in {directory}: expected {SPEC_FILE} or tokenizer/{SPEC_FILE}")
+    spec = read_json(os.path.join(directory, SPEC_FILE), "tokenizer spec")
+    kind = spec.pop("kind", None)
+    if kind not in LOADERS:
+        raise GPT2KitError(f"{directory}/{SPEC_FILE} names tokenizer kind {kind!r}; this gpt2kit knows {sorted(LOADERS)}")
+    return LOADERS[kind](spec, directory)
+
+
+def _is_hf_gpt2_dir(directory: str) -> bool:
+    cfg = os.path.join(directory, "config.json")
+    if not os.path.exists(cfg):
+        return False
+    c = read_json(cfg, "config")
+    return c.get("model_type") == "gpt2" and c.get("vocab_size") == 50257
+
+
+def build_tokenizer(spec: str, texts: Iterable[str], **options) -> Tokenizer:
+    """A tokenizer for a corpus: corpus-built kinds learn their vocabulary; others just load."""
+    if spec in BUILDERS:
+        return BUILDERS[spec](texts, **options)
+    return get_tokenizer(spec)
+
+
+__all__ = ["Tokenizer", "StreamDecoder", "GPT2Tokenizer", "CharTokenizer", "get_tokenizer", "load_tokenizer", "build_tokenizer"]

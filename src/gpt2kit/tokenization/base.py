@@ -1,0 +1,131 @@
+"""The tokenizer interface every kind implements, and the streaming decoder.
+
+The API follows tiktoken: encode(text, *, allowed_special=..., disallowed_special='all'),
+encode_ordinary, encode_batch, decode, decode_bytes, eot_token, n_vocab. Each kind also
+saves itself to a directory (tokenizer.json + its own files) so a checkpoint carries it.
+"""
+from __future__ import annotations
+
+import codecs
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+
+from ..errors import GPT2KitError
+from ..fileio import write_json_atomic
+
+SPEC_FILE = "tokenizer.json"
+
+
+class Tokenizer(ABC):
+    kind: str = ""
+
+    # -- required ---------------------------------------------------------------
+    @property
+    @abstractmethod
+    def n_vocab(self) -> int: ...
+
+    @property
+    def eot_token(self) -> int | None:
+        """Id that ends a document (GPT-2's <|endoftext|>), or None if the kind has none."""
+        return None
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        return {}
+
+    @abstractmethod
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Encode text, treating special-token strings as plain text."""
+
+    @abstractmethod
+    def token_bytes(self, token: int) -> bytes:
+        """The UTF-8 bytes one token stands for (special tokens give their text)."""
+
+    @abstractmethod
+    def spec(self) -> dict:
+        """JSON-able description written to tokenizer.json; load() reverses it."""
+
+    # -- shared behaviour -------------------------------------------------------
+    def encode(self, text: str, *, allowed_special="none_raise", disallowed_special="all") -> list[int]:
+        """tiktoken semantics: special-token text raises unless allowed (allowed_special='all' or a set)."""
+        allowed = _resolve_allowed(self.special_tokens, allowed_special)
+        disallowed = set(self.special_tokens) - allowed if disallowed_special == "all" else set(disallowed_special)
+        for s in disallowed:
+            if s in text:
+                raise GPT2KitError(
+                    f"text contains the special token {s!r}; pass allowed_special={{{s!r}}} "
+                    "(CLI: --allow-special) to encode it as a special token, or disallowed_special=() to encode it as text"
+                )
+        if not allowed:
+            return self.encode_ordinary(text)
+        out: list[int] = []
+        for piece, special in _split_specials(text, allowed):
+            out.extend([self.special_tokens[piece]] if special else self.encode_ordinary(piece))
+        return out
+
+    def encode_batch(self, texts: Sequence[str], *, num_threads: int = 8, **kw) -> list[list[int]]:
+        return [self.encode(t, **kw) for t in texts]
+
+    def decode_bytes(self, tokens: Iterable[int]) -> bytes:
+        return b"".join(self.token_bytes(t) for t in tokens)
+
+    def decode(self, tokens: Iterable[int], errors: str = "replace") -> str:
+        return self.decode_bytes(tokens).decode("utf-8", errors=errors)
+
+    def _check_id(self, token: int) -> None:
+        if not 0 <= token < self.n_vocab:
+            raise GPT2KitError(f"token id {token} out of range for a vocabulary of {self.n_vocab}")
+
+    def save(self, directory: str | os.PathLike) -> None:
+        os.makedirs(directory, exist_ok=True)
+        self.save_files(directory)
+        write_json_atomic(os.path.join(directory, SPEC_FILE), {"kind": self.kind, **self.spec()})
+
+    def save_files(self, directory: str | os.PathLike) -> None:
+        """Write extra files (vocab lists, tokenizer models) a kind needs beside tokenizer.json."""
+
+    def stream_decoder(self) -> "StreamDecoder":
+        return StreamDecoder(self)
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} kind={self.kind!r} n_vocab={self.n_vocab}>"
+
+
+class StreamDecoder:
+    """Turns a stream of token ids into text pieces that never split a UTF-8 character.
+
+    Bytes of an incomplete character are held until the token that completes it arrives;
+    bytes that can never form a character become U+FFFD, as in decode().
+    """
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self._dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def push(self, token: int) -> str:
+        return self._dec.decode(self.tokenizer.token_bytes(token))
+
+    def flush(self) -> str:
+        return self._dec.decode(b"", final=True)
+
+
+def _resolve_allowed(specials: dict[str, int], allowed_special) -> set[str]:
+    if allowed_special == "all":
+        return set(specials)
+    if allowed_special == "none_raise" or not allowed_special:
+        return set()
+    unknown = set(allowed_special) - set(specials)
+    if unknown:
+        raise GPT2KitError(f"unknown special tokens {sorted(unknown)}; this tokenizer has {sorted(specials)}")
+    return set(allowed_special)
+
+
+def _split_specials(text: str, allowed: set[str]):
+    """Yield (piece, is_special), splitting text at the allowed special strings."""
+    import regex
+
+    pattern = regex.compile("(" + "|".join(regex.escape(s) for s in sorted(allowed, key=len, reverse=True)) + ")")
+    for i, piece in enumerate(pattern.split(text)):
+        if piece:
+            yield piece, i % 2 == 1

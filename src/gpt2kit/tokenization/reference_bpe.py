@@ -1,0 +1,76 @@
+"""A readable GPT-2 BPE in pure Python: OpenAI's encoder.py algorithm, for tests and teaching.
+
+Slow but obvious. The fast path (tiktoken, gpt2.py) must give the same ids; the tests
+check that on the shared English and Chinese corpora. `explain()` shows the work: the
+regex pieces and each merge applied, like minGPT's encode_and_show_work.
+"""
+from __future__ import annotations
+
+import regex
+
+from .gpt2 import PAT_STR, bytes_to_unicode, load_encoder
+
+
+class ReferenceBPE:
+    def __init__(self):
+        self.encoder, merges = load_encoder()
+        self.decoder = {v: k for k, v in self.encoder.items()}
+        self.bpe_ranks = {pair: i for i, pair in enumerate(merges)}
+        self.byte_encoder = bytes_to_unicode()
+        self.byte_decoder = {v: k for k, v in self.byte_encoder.items()}
+        self.pat = regex.compile(PAT_STR)
+        self.cache: dict[str, list[str]] = {}
+
+    def bpe(self, token: str, trace: list | None = None) -> list[str]:
+        """Merge the lowest-ranked adjacent pair until none of the pairs is in vocab.bpe."""
+        if token in self.cache and trace is None:
+            return self.cache[token]
+        word = list(token)
+        while len(word) > 1:
+            pairs = {(word[i], word[i + 1]) for i in range(len(word) - 1)}
+            best = min(pairs, key=lambda p: self.bpe_ranks.get(p, float("inf")))
+            if best not in self.bpe_ranks:
+                break
+            first, second = best
+            new_word, i = [], 0
+            while i < len(word):
+                if i < len(word) - 1 and word[i] == first and word[i + 1] == second:
+                    new_word.append(first + second)
+                    i += 2
+                else:
+                    new_word.append(word[i])
+                    i += 1
+            word = new_word
+            if trace is not None:
+                trace.append((best, self.bpe_ranks[best], list(word)))
+        self.cache[token] = word
+        return word
+
+    @staticmethod
+    def _clean(text: str) -> str:
+        # Lone surrogates cannot be UTF-8 encoded; like tiktoken, replace them with U+FFFD.
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+    def pieces(self, text: str) -> list[str]:
+        return self.pat.findall(self._clean(text))
+
+    def encode(self, text: str) -> list[int]:
+        ids: list[int] = []
+        for piece in self.pieces(text):
+            mapped = "".join(self.byte_encoder[b] for b in piece.encode("utf-8"))
+            ids.extend(self.encoder[t] for t in self.bpe(mapped))
+        return ids
+
+    def decode(self, ids: list[int]) -> str:
+        text = "".join(self.decoder[i] for i in ids)
+        return bytes(self.byte_decoder[c] for c in text).decode("utf-8", errors="replace")
+
+    def explain(self, text: str) -> list[dict]:
+        """For each regex piece: its bytes as GPT-2 symbols, each merge in order, and the ids."""
+        out = []
+        for piece in self.pieces(text):
+            mapped = "".join(self.byte_encoder[b] for b in piece.encode("utf-8"))
+            trace: list = []
+            tokens = self.bpe(mapped, trace)
+            out.append({"piece": piece, "symbols": list(mapped), "merges": trace, "tokens": tokens, "ids": [self.encoder[t] for t in tokens]})
+        return out

@@ -1,0 +1,205 @@
+"""Loading and saving weights: HF GPT-2 directories, the HF hub cache, and gpt2kit checkpoints.
+
+Loading is a shape-checked key copy. HF's GPT-2 uses Conv1D, which stores (in, out), so
+the weights in TRANSPOSED are transposed into nn.Linear's (out, in); everything else is
+copied as is. A gpt2kit checkpoint directory holds:
+
+    config.json         {"gpt2kit_version": 1, "model": GPTConfig fields}
+    model.safetensors   gpt2kit key names; the tied lm_head is stored once (as wte)
+    tokenizer/          the tokenizer's own files (tokenizer.json, ...)
+    meta.json           optional free-form metadata (training run, source, ...)
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+
+from .config import ALIASES, HUB_REPOS, GPTConfig
+from .errors import GPT2KitError
+from .fileio import atomic_path, read_json, write_json_atomic
+from .model import GPT
+
+FORMAT_VERSION = 1
+TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+HF_IGNORED = ("attn.bias", "attn.masked_bias", "lm_head.weight")  # causal-mask buffers; the tied head
+HUB_FILES = ["config.json", "model.safetensors", "vocab.json", "merges.txt", "generation_config.json"]
+
+
+# -- state-dict mapping ---------------------------------------------------------------------
+
+def from_hf_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """HF GPT2LMHeadModel / GPT2Model keys -> gpt2kit keys, Conv1D weights transposed."""
+    out = {}
+    for k, v in sd.items():
+        name = k.removeprefix("transformer.")
+        if name.endswith(HF_IGNORED):
+            continue
+        if name.endswith(TRANSPOSED):
+            v = v.t().contiguous()
+        out["transformer." + name] = v
+    return out
+
+
+def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
+    """gpt2kit -> HF GPT2LMHeadModel keys (padding rows dropped, Conv1D layout)."""
+    V = model.config.vocab_size
+    out = {}
+    for k, v in model.state_dict().items():
+        if k == "lm_head.weight":
+            continue
+        if k == "transformer.wte.weight":
+            v = v[:V]
+        if k.endswith(TRANSPOSED):
+            v = v.t()
+        out[k] = v.detach().contiguous()
+    return out
+
+
+def build_model(config: GPTConfig, sd: dict[str, torch.Tensor], source: str = "checkpoint") -> GPT:
+    """A GPT whose parameters are exactly `sd` (gpt2kit keys), with every shape checked."""
+    with torch.device("meta"):
+        model = GPT(config)
+    expected = {k: v.shape for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    missing = sorted(set(expected) - set(sd))
+    unexpected = sorted(set(sd) - set(expected))
+    if missing or unexpected:
+        raise GPT2KitError(f"{source}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]}); is the config.json from the same model?")
+    V, Vp = config.vocab_size, config.padded_vocab_size
+    wte = sd["transformer.wte.weight"]
+    if wte.shape[0] == V and Vp != V:  # pad rows for speed; they are sliced off the logits
+        wte = torch.cat([wte, wte.new_zeros(Vp - V, wte.shape[1])])
+    sd = {**sd, "transformer.wte.weight": wte}
+    for k, shape in expected.items():
+        if sd[k].shape != shape:
+            raise GPT2KitError(f"{source}: {k} has shape {tuple(sd[k].shape)} but the config needs {tuple(shape)}")
+    model.load_state_dict({**sd, "lm_head.weight": sd["transformer.wte.weight"]}, strict=True, assign=True)
+    model.lm_head.weight = model.transformer.wte.weight  # re-tie: assign=True replaced the Parameter
+    return model.eval()
+
+
+# -- files ----------------------------------------------------------------------------------
+
+def read_safetensors(path: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except FileNotFoundError:
+        raise GPT2KitError(f"weights file not found: {path}") from None
+    except Exception as e:  # safetensors raises its own error type for truncated/corrupt headers
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise GPT2KitError(f"cannot read {path}: {msg}; the file is truncated or corrupt, re-download or re-save it") from None
+
+
+def read_torch_bin(path: str) -> dict[str, torch.Tensor]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
+    except Exception as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise GPT2KitError(f"cannot read {path}: {msg}; the file is truncated, corrupt or not a plain state dict") from None
+
+
+def load_hf_dir(path: str) -> GPT:
+    cfg = GPTConfig.from_hf(read_json(os.path.join(path, "config.json"), "HF config"))
+    st, binf = os.path.join(path, "model.safetensors"), os.path.join(path, "pytorch_model.bin")
+    if os.path.exists(st):
+        sd = read_safetensors(st)
+    elif os.path.exists(binf):
+        sd = read_torch_bin(binf)
+    else:
+        raise GPT2KitError(f"no weights in {path}: expected model.safetensors or pytorch_model.bin")
+    return build_model(cfg, from_hf_state_dict(sd), source=path)
+
+
+def load_checkpoint_dir(path: str) -> GPT:
+    meta = read_json(os.path.join(path, "config.json"), "checkpoint config")
+    if meta.get("gpt2kit_version", 0) > FORMAT_VERSION:
+        raise GPT2KitError(f"{path} was written by a newer gpt2kit (format {meta['gpt2kit_version']}); upgrade gpt2kit")
+    cfg = GPTConfig.from_dict(meta["model"])
+    return build_model(cfg, read_safetensors(os.path.join(path, "model.safetensors")), source=path)
+
+
+def is_checkpoint_dir(path: str) -> bool:
+    p = os.path.join(path, "config.json")
+    return os.path.isfile(p) and "gpt2kit_version" in read_json(p, "config")
+
+
+def save_model(model: GPT, directory: str | os.PathLike, tokenizer=None, meta: dict | None = None) -> None:
+    """Write a gpt2kit checkpoint directory; each file is replaced atomically."""
+    from safetensors.torch import save_file
+
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    model = getattr(model, "_orig_mod", model)  # torch.compile wrapper: save the plain module's keys
+    model = getattr(model, "module", model)  # DDP wrapper
+    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    with atomic_path(os.path.join(directory, "model.safetensors")) as tmp:
+        save_file(sd, tmp, metadata={"format": "pt", "gpt2kit_version": str(FORMAT_VERSION)})
+    if tokenizer is not None:
+        tokenizer.save(os.path.join(directory, "tokenizer"))
+    if meta is not None:
+        write_json_atomic(os.path.join(directory, "meta.json"), meta)
+    # config.json last: its presence marks a complete checkpoint
+    write_json_atomic(os.path.join(directory, "config.json"), {"gpt2kit_version": FORMAT_VERSION, "model": model.config.to_dict()})
+
+
+# -- the hub ----------------------------------------------------------------------------------
+
+def hub_repo(name: str) -> str | None:
+    """'gpt2' / '355M' / 'openai-community/gpt2-large' -> the hub repo id, else None."""
+    key = ALIASES.get(name, name)
+    return HUB_REPOS.get(key)
+
+
+def download(name: str) -> str:
+    """Fetch a GPT-2 release into the HF hub cache (progress bars from huggingface_hub); return its dir.
+
+    With HF_HUB_OFFLINE=1, or when the hub cannot be reached, a cached copy is used.
+    """
+    repo = hub_repo(name)
+    if repo is None:
+        raise GPT2KitError(f"unknown model {name!r}; choose one of {sorted(HUB_REPOS)} or pass a model directory")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        path = snapshot_download(repo_id=repo, allow_patterns=HUB_FILES)
+    except LocalEntryNotFoundError:
+        raise GPT2KitError(
+            f"cannot fetch {repo} from the HF hub (offline?) and it is not in the local cache; "
+            "connect once to download it, or pass a local model directory"
+        ) from None
+    except Exception as e:
+        raise GPT2KitError(f"downloading {repo} failed: {str(e).splitlines()[0]}; check the network or pass a local model directory") from None
+    if not os.path.exists(os.path.join(path, "model.safetensors")):
+        raise GPT2KitError(f"{repo} in the hub cache at {path} has no model.safetensors; re-run `gpt2kit download {name}`")
+    return path
+
+
+def resolve_model_path(name_or_path: str | os.PathLike) -> str:
+    """A local directory for a model name or path (hub names are fetched into the cache)."""
+    s = os.fspath(name_or_path)
+    if os.path.isdir(s):
+        return s
+    if os.path.exists(s):
+        raise GPT2KitError(f"{s} is a file; pass a model directory (to read other formats, use `gpt2kit convert {s}`)")
+    if hub_repo(s) is not None:
+        return download(s)
+    raise GPT2KitError(f"model not found: {s!r} is neither a directory nor a GPT-2 hub name ({', '.join(sorted(HUB_REPOS))})")
+
+
+def load_model(name_or_path: str | os.PathLike = "gpt2", *, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu") -> GPT:
+    """GPT-2 from a hub name, an HF-format directory, or a gpt2kit checkpoint directory."""
+    path = resolve_model_path(name_or_path)
+    if not os.path.exists(os.path.join(path, "config.json")):
+        raise GPT2KitError(f"{path} holds no config.json; is it a model directory (a gpt2kit checkpoint or an HF GPT-2 folder)?")
+    model = load_checkpoint_dir(path) if is_checkpoint_dir(path) else load_hf_dir(path)
+    if isinstance(dtype, str):
+        dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+                 "float16": torch.float16, "fp16": torch.float16}.get(dtype) or _bad_dtype(dtype)
+    return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+
+
+def _bad_dtype(d):
+    raise GPT2KitError(f"unknown dtype {d!r}; use float32, bfloat16 or float16")
