@@ -29,9 +29,14 @@ HUB_FILES = ["config.json", "model.safetensors", "vocab.json", "merges.txt", "ge
 # -- state-dict mapping ---------------------------------------------------------------------
 
 def from_hf_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """HF GPT2LMHeadModel / GPT2Model keys -> gpt2kit keys, Conv1D weights transposed."""
+    """HF GPT2LMHeadModel / GPT2Model keys -> gpt2kit keys, Conv1D weights transposed.
+
+    Consumes `sd` (entries are popped) so each source tensor is freed once its copy exists:
+    peak memory stays near one model's worth of weights.
+    """
     out = {}
-    for k, v in sd.items():
+    for k in list(sd):
+        v = sd.pop(k)
         name = k.removeprefix("transformer.")
         if name.endswith(HF_IGNORED):
             continue
@@ -189,17 +194,25 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
     raise GPT2KitError(f"model not found: {s!r} is neither a directory nor a GPT-2 hub name ({', '.join(sorted(HUB_REPOS))})")
 
 
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
 def load_model(name_or_path: str | os.PathLike = "gpt2", *, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu") -> GPT:
-    """GPT-2 from a hub name, an HF-format directory, or a gpt2kit checkpoint directory."""
+    """GPT-2 from a hub name, an HF-format directory, or a gpt2kit checkpoint directory.
+
+    dtype: float32 (default), bfloat16, float16, or "int8" (weight-only, for CPU inference).
+    """
     path = resolve_model_path(name_or_path)
     if not os.path.exists(os.path.join(path, "config.json")):
         raise GPT2KitError(f"{path} holds no config.json; is it a model directory (a gpt2kit checkpoint or an HF GPT-2 folder)?")
+    if isinstance(dtype, str) and dtype not in DTYPES and dtype != "int8":
+        raise GPT2KitError(f"unknown dtype {dtype!r}; use float32, bfloat16, float16 or int8")
     model = load_checkpoint_dir(path) if is_checkpoint_dir(path) else load_hf_dir(path)
+    if dtype == "int8":
+        from .quantize import quantize_int8
+
+        return quantize_int8(model).to(device)
     if isinstance(dtype, str):
-        dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-                 "float16": torch.float16, "fp16": torch.float16}.get(dtype) or _bad_dtype(dtype)
+        dtype = DTYPES[dtype]
     return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
-
-
-def _bad_dtype(d):
-    raise GPT2KitError(f"unknown dtype {d!r}; use float32, bfloat16 or float16")

@@ -13,7 +13,8 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="gpt2", help="hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl), HF-format dir or gpt2kit checkpoint dir (default: gpt2)")
     p.add_argument("--tokenizer", default=None, help="tokenizer spec; default: the one saved with the model (GPT-2 BPE for hub/HF models)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weight dtype (default: float32)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "int8"],
+                   help="weights: float32 (default), bfloat16, float16, or int8 (weight-only, fastest CPU decode)")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
