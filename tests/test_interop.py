@@ -146,6 +146,16 @@ def test_tf_reader_rejects_truncated_and_corrupt_files(tmp_path):
     d = _copy_tf(tmp_path / "g")  # hparams.json cut mid-way
     (d / "hparams.json").write_text('{"n_vocab": 64, "n_ctx"')
     cases.append((d, d / "hparams.json", "not valid JSON"))
+    d = _copy_tf(tmp_path / "h")  # OpenAI's vocabulary files beside a 64-token model
+    from gpt2kit.tokenization.gpt2 import vocab_files
+
+    for src, name in zip(vocab_files(), ("encoder.json", "vocab.bpe")):
+        shutil.copyfile(src, d / name)
+    cases.append((d, d, "n_vocab 64"))
+    d = _copy_tf(tmp_path / "i")  # a vocabulary that is not GPT-2's
+    (d / "encoder.json").write_text('{"a": 0}')
+    (d / "vocab.bpe").write_text("#version: 0.2\n")
+    cases.append((d, d, "differ from GPT-2's"))
     for folder, bad_file, problem in cases:
         with pytest.raises(GPT2KitError) as e:
             load_openai_checkpoint(str(folder))

@@ -365,5 +365,7 @@ def _openai_tokenizer(folder: str, n_vocab: int):
                 and hashlib.sha256(open(bpe, "rb").read()).hexdigest() == VOCAB_BPE_SHA256)
         if not same:
             raise GPT2KitError(f"{folder}: encoder.json/vocab.bpe differ from GPT-2's; gpt2kit converts only checkpoints with OpenAI's GPT-2 vocabulary")
+        if n_vocab != 50257:
+            raise GPT2KitError(f"{folder}: hparams.json says n_vocab {n_vocab} but encoder.json is GPT-2's 50257-token vocabulary; the folder mixes two models")
         return GPT2Tokenizer()
     return GPT2Tokenizer() if n_vocab == 50257 else None
