@@ -276,6 +276,15 @@ def test_llmc_bias_free_model_gets_zero_biases(tmp_path):
     ids = tok.encode("the mat")
     assert max_diff(logits(back, ids), logits(m, ids)) <= 1e-6
     assert not back.transformer.h[0].attn.c_attn.bias.any()
+    # llm.c files carry no tokenizer: convert attaches one given by --tokenizer
+    from gpt2kit.tokenization import get_tokenizer
+
+    tok.save(tmp_path / "tok")
+    r = cli("convert", tmp_path / "m.bin", "--out", tmp_path / "ck", "--tokenizer", tmp_path / "tok")
+    assert r.returncode == 0 and "tokenizer char" in r.stdout, r.stderr
+    assert get_tokenizer(str(tmp_path / "ck")).encode("the mat") == ids
+    r = cli("convert", tmp_path / "m.bin", "--out", tmp_path / "ck2", "--tokenizer", "gpt2")
+    assert r.returncode == 2 and "50257 tokens but the model" in r.stderr
 
 
 def test_llmc_tokens_roundtrip_and_header_checks(tmp_path):

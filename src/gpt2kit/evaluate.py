@@ -235,11 +235,10 @@ def lambada(model, tokenizer, examples: list[tuple[str, str]], *, batch_size: in
         for j, r in enumerate(rows):
             x[j, : len(r)] = torch.tensor(r)
         logits, _ = model(x[:, :-1].to(_device(model)))  # (B, T-1, V)
-        logp = F.log_softmax(logits.float(), dim=-1).cpu()
         for j, (r, n) in enumerate(chunk):
             L = len(r)
-            lp = logp[j, L - 1 - n : L - 1]  # rows predicting the n target tokens
-            tgt = torch.tensor(r[L - n :])
+            lp = F.log_softmax(logits[j, L - 1 - n : L - 1].float(), dim=-1)  # (n, V): the rows predicting the target
+            tgt = torch.tensor(r[L - n :], device=lp.device)
             nll_sum += -float(lp.gather(1, tgt[:, None]).double().sum())
             n_correct += bool((lp.argmax(-1) == tgt).all())
         bar.update(len(chunk))

@@ -11,6 +11,7 @@ def register(sub) -> None:
     p.add_argument("src", help="source: a folder or file; the format is detected")
     p.add_argument("--out", required=True, help="gpt2kit checkpoint directory to write")
     p.add_argument("--from", dest="fmt", choices=FORMATS, default=None, help="source format, when detection is not wanted")
+    p.add_argument("--tokenizer", default=None, help="tokenizer to save with the model when the source carries none (or to replace it)")
     p.add_argument("--trust-pickle", action="store_true",
                    help="read nanoGPT's meta.pkl (a pickle: unpickling can run code, so only for files you trust)")
     p.set_defaults(func=cmd_convert)
@@ -23,6 +24,13 @@ def cmd_convert(args) -> int:
     from gpt2kit.weights import save_model
 
     model, tok, info = load_any(args.src, trust_pickle=args.trust_pickle, fmt=args.fmt)
+    if args.tokenizer:
+        from gpt2kit.errors import GPT2KitError
+        from gpt2kit.tokenization import get_tokenizer
+
+        tok = get_tokenizer(args.tokenizer)
+        if tok.n_vocab != model.config.vocab_size:
+            raise GPT2KitError(f"--tokenizer {args.tokenizer} has {tok.n_vocab} tokens but the model {model.config.vocab_size}; pass the model's own tokenizer")
     save_model(model, args.out, tokenizer=tok, meta={"converted_from": info})
     c = model.config
     print(f"{info['source_format']} -> {args.out}: {c.n_layer} layers, {c.n_head} heads, n_embd {c.n_embd}, "
