@@ -197,6 +197,13 @@ def test_hf_export_loads_in_transformers_same_logits_and_greedy_tokens(tmp_path)
     assert max_diff(logits(back), logits(m)) <= 1e-6
     assert get_tokenizer(str(tmp_path / "hf")).kind == "gpt2"
 
+    # a truncated export is refused with one line naming the file
+    st = tmp_path / "hf" / "model.safetensors"
+    st.write_bytes(st.read_bytes()[:-1000])
+    with pytest.raises(GPT2KitError) as e:
+        load_model(tmp_path / "hf")
+    one_line_error(e, st, "truncated")
+
 
 def test_hf_export_of_a_bias_free_char_model(tmp_path):
     from transformers import AutoModelForCausalLM
