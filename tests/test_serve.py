@@ -291,6 +291,29 @@ def test_api_key(server):
     assert httpx.get(server.url + "/health").status_code == 200  # health stays public
 
 
+def test_cli_errors_are_one_line(ckpt, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from serve_helpers import SRC
+
+    def serve(*args):
+        env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1"}
+        return subprocess.run([sys.executable, "-m", "gpt2kit", "serve", "--no-page", *args], capture_output=True, text=True, env=env, timeout=120)
+
+    r = serve("--model", str(tmp_path / "missing"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("gpt2kit serve: error: model not found")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = serve("--model", str(ckpt), "--host", "127.0.0.1", "--port", str(port))
+    assert r.returncode == 2 and r.stderr == f"gpt2kit serve: error: cannot listen on 127.0.0.1:{port}: Address already in use; pick another --port or --host\n"
+    r = serve("--model", str(ckpt), "--max-concurrency", "0")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "positive integer" in r.stderr
+
+
 # -- concurrency ---------------------------------------------------------------------------------
 
 # A request that runs for many seconds on any CPU: 4 rows x 1000 tokens, each step sorting 4 x 50257 logits for top_p.
@@ -314,6 +337,7 @@ def test_429_beyond_concurrency_plus_queue(server):
         with pytest.raises(openai.RateLimitError) as e:
             c.completions.create(model="tiny", prompt="x", max_tokens=1)
         assert e.value.status_code == 429 and e.value.body["code"] == "rate_limit_exceeded"
+        assert e.value.response.headers["retry-after"] == "1"  # the openai client waits that long before retrying
     finally:
         for s in streams:
             s.close()

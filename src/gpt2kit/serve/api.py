@@ -24,8 +24,8 @@ from .protocol import (ApiError, Collector, ServerLimits, bad, chunk_body, error
 MAX_BODY_BYTES = 2 * 1024 * 1024
 
 
-async def read_json(request: Request, limit: int = MAX_BODY_BYTES):
-    """The JSON body, refused with a 400 once it passes `limit` bytes (checked while reading, not after)."""
+async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The body, refused with a 400 once it passes `limit` bytes (checked while reading, not after)."""
     declared = request.headers.get("content-length")
     too_big = bad(f"the request body is over the {limit // (1024 * 1024)} MB limit; send a shorter prompt")
     if declared is not None and declared.isdigit() and int(declared) > limit:
@@ -35,8 +35,12 @@ async def read_json(request: Request, limit: int = MAX_BODY_BYTES):
         buf += chunk
         if len(buf) > limit:
             raise too_big
+    return bytes(buf)
+
+
+def parse_json(raw: bytes):
     try:
-        return json.loads(buf)
+        return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise bad(f"the request body is not valid JSON: {e}") from None
 
@@ -74,7 +78,7 @@ def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max
 
     @app.exception_handler(ApiError)
     async def api_error(request, e: ApiError):
-        return JSONResponse(e.body(), status_code=e.status)
+        return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, e: StarletteHTTPException):
@@ -108,12 +112,13 @@ def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max
 
     @app.post("/v1/completions", dependencies=[Depends(authorize)])
     async def completions(request: Request):
-        body = await read_json(request)
-        req = await asyncio.to_thread(parse_completion, body, limits)
+        raw = await read_body(request)
+        # JSON decoding and tokenizing up to 2 MB take milliseconds: off the event loop
+        req = await asyncio.to_thread(lambda: parse_completion(parse_json(raw), limits))
         try:
             gen = engine.submit(req.job)
         except Busy as e:
-            raise ApiError(429, str(e), type="server_busy", code="rate_limit_exceeded") from None
+            raise ApiError(429, str(e), type="server_busy", code="rate_limit_exceeded", headers={"Retry-After": "1"}) from None
         except GPT2KitError as e:
             raise bad(str(e)) from None
         cid, created = new_id(), int(time.time())

@@ -5,6 +5,12 @@ fewer than max_concurrency run and their rows fit in max_batch. Admission prefil
 into a KV slot; then each step samples one token for every active row and runs all of them
 together through SlotPool.step. Output goes back to the event loop with call_soon_threadsafe,
 so generation never blocks it. A cancelled request (client gone) leaves at the next step.
+
+Each row samples with its own torch.Generator (one uniform per token, see rows.sample_rows), so
+a seeded request gives the same text streamed or not, run after run. Bit-equality across
+different batch compositions is not promised: matmul kernels for other batch sizes round
+differently (~1e-6 in the logits), which can, rarely, move a sampled token; greedy output only
+changes if two logits tie that closely.
 """
 from __future__ import annotations
 
@@ -128,6 +134,8 @@ class Engine:
         torch.set_grad_enabled(False)
         while True:
             with self._cond:
+                if not self._closed and not self._rows and not self._waiting:
+                    self.pool.release()  # idle: give the KV memory back
                 while not self._closed and not self._rows and not self._waiting:
                     self._cond.wait()
                 if self._closed:

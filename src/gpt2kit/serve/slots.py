@@ -48,7 +48,7 @@ class SlotPool:
         """Make room for `slots` rows, keeping the rows already stored."""
         if slots <= self.capacity:
             return
-        cap = min(self.max_slots, max(slots, 2 * self.capacity, 4))
+        cap = min(self.max_slots, max(slots, 2 * self.capacity))
         # zeros, not empty: masked keys still enter q @ k^T, and garbage NaN would leak through
         k = torch.zeros(self._shape(cap), device=self.device, dtype=self.dtype)
         v = torch.zeros_like(k)
@@ -59,6 +59,11 @@ class SlotPool:
             v[:, : self.capacity] = self.v
             logits[: self.capacity] = self.logits
         self.k, self.v, self.logits, self.capacity = k, v, logits, cap
+
+    def release(self) -> None:
+        """Free the storage (the engine calls this when idle, so a burst does not pin memory)."""
+        self.k = self.v = self.logits = None
+        self.capacity = 0
 
     def slot_cache(self, slot: int) -> SlotCache:
         return SlotCache(self.k[:, slot : slot + 1], self.v[:, slot : slot + 1])
