@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # verb modules, in --help order
-VERB_MODULES = ["generate", "download", "prepare", "train", "convert", "export", "eval"]
+VERB_MODULES = ["generate", "download", "prepare", "train", "serve", "convert", "export", "eval"]
 
 
 class _Parser(argparse.ArgumentParser):
