@@ -23,7 +23,7 @@ from .model import GPT
 
 FORMAT_VERSION = 1
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-HF_IGNORED = ("attn.bias", "attn.masked_bias", "lm_head.weight")  # causal-mask buffers; the tied head
+HF_IGNORED = (".attn.bias", ".attn.masked_bias", "lm_head.weight")  # causal-mask buffers; the tied head (the dots keep c_attn.bias)
 
 
 # -- state-dict mapping ---------------------------------------------------------------------
