@@ -258,12 +258,12 @@ def params_from_state_dict(sd: dict[str, np.ndarray], config: GPTConfig, *, line
         used.add(name)
         a = sd[name]
         if linear_out_in and name.endswith(LINEAR_WEIGHTS):
-            a = a.T  # (out, in) -> (in, out)
+            a = a.T  # (out, in) -> (in, out): a view, no copy; BLAS reads the transposed layout as fast
         if name == "wte.weight" and a.shape[0] >= V:
             a = a[:V]  # padded rows only speed up torch matmuls; dropping them keeps every id < vocab_size
         if tuple(a.shape) != shape:
             raise GPT2KitError(f"{source}: {name} has shape {tuple(a.shape)} but the config needs {shape}")
-        return np.ascontiguousarray(a, dtype=np.float32)
+        return a.astype(np.float32, copy=False)  # float16 checkpoints are widened; float32 ones are not copied
 
     bias = config.bias
 
@@ -297,7 +297,10 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
     from safetensors.numpy import load_file
 
     try:
-        return load_file(path)
+        try:
+            return load_file(path, backend="pread")  # read into the arrays: no mmap of the file beside them (half the peak RSS)
+        except TypeError:  # safetensors < 0.8 has no backend choice
+            return load_file(path)
     except FileNotFoundError:
         raise GPT2KitError(f"weights file not found: {path}") from None
     except Exception as e:  # truncated or corrupt header, or a dtype NumPy lacks (bfloat16)
