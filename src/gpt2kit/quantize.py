@@ -60,7 +60,7 @@ class Int8Linear(nn.Module):
 
 
 @torch.no_grad()
-def quantize_int8(model) -> "GPT":  # noqa: F821
+def quantize_int8(model):
     """Swap every Linear of the blocks and the output head for Int8Linear, in place.
 
     The token embedding stays fp32 for the input lookup (one row per token); the head gets
