@@ -9,13 +9,14 @@ from . import types as T
 SAMPLE_RULE = "=" * 40
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
+def add_model_args(p: argparse.ArgumentParser, backend: bool = False) -> None:
     p.add_argument("--model", default="gpt2", help="hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl), HF-format dir or gpt2kit checkpoint dir (default: gpt2)")
     p.add_argument("--tokenizer", default=None, help="tokenizer spec; default: the one saved with the model (GPT-2 BPE for hub/HF models)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "int8"],
-                   help="weights: float32 (default), bfloat16, float16, or int8 (weight-only, fastest CPU decode)")
-    p.add_argument("--backend", default="torch", choices=["torch", "numpy"], help="torch (default) or numpy: pure NumPy GPT-2, float32 on the CPU, no torch imported")
+                   help="weights: float32 (default), bfloat16, float16, or int8 (int8 weights, CPU only: fastest decode)")
+    if backend:
+        p.add_argument("--backend", default="torch", choices=["torch", "numpy"], help="torch (default) or numpy: pure NumPy GPT-2, float32 on the CPU, no torch imported")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -35,13 +36,13 @@ def register(sub) -> None:
                        description="Continue a prompt with a GPT-2 model, streaming the text as it is generated.")
     p.add_argument("prompt", nargs="?", default=None, help="the text to continue")
     p.add_argument("--unconditional", action="store_true", help="sample from <|endoftext|> alone, like OpenAI's generate_unconditional_samples.py")
-    add_model_args(p)
+    add_model_args(p, backend=True)
     add_sampling_args(p)
     p.set_defaults(func=cmd_generate)
 
     q = sub.add_parser("interactive", help="'Model prompt >>>' loop, like OpenAI's interactive_conditional_samples.py",
                        description="Read prompts from stdin and print samples for each, until EOF.")
-    add_model_args(q)
+    add_model_args(q, backend=True)
     add_sampling_args(q)
     q.set_defaults(func=cmd_interactive)
 
