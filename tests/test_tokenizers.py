@@ -167,6 +167,14 @@ def test_bpe_equals_openai_algorithm_on_trained_merges(bpe, shared_bpe):
         assert tok.encode(text) == ReferenceBPE.from_hf(tok._hf).encode(text)
 
 
+def test_bpe_equals_openai_algorithm_on_trained_merges(bpe, shared_bpe):
+    """HF's BPE and OpenAI's encoder.py algorithm (ReferenceBPE) agree on a trained vocabulary."""
+    from gpt2kit.tokenization.reference_bpe import ReferenceBPE
+
+    for tok, text in ((bpe, CORPUS), (shared_bpe, shared("tang"))):
+        assert tok.encode(text) == ReferenceBPE.from_hf(tok._hf).encode(text)
+
+
 def test_gpt2_fast_path_equals_reference_on_shared_files():
     from gpt2kit.tokenization.reference_bpe import ReferenceBPE
 

@@ -22,7 +22,7 @@ from .model import GPT
 
 FORMAT_VERSION = 1
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-HF_IGNORED = ("attn.bias", "attn.masked_bias", "lm_head.weight")  # causal-mask buffers; the tied head
+HF_IGNORED = (".attn.bias", ".attn.masked_bias", "lm_head.weight")  # causal-mask buffers; the tied head
 HUB_FILES = ["config.json", "model.safetensors", "vocab.json", "merges.txt", "generation_config.json"]
 
 

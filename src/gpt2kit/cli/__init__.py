@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # verb modules, in --help order
-VERB_MODULES = ["generate", "download", "tokenizer", "tokenize"]
+VERB_MODULES = ["generate", "download", "prepare", "train", "tokenizer", "tokenize"]
 
 
 class _Parser(argparse.ArgumentParser):

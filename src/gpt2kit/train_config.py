@@ -1,0 +1,144 @@
+"""Typed training configuration: presets (TOML files shipped in gpt2kit/presets), config files, CLI flags.
+
+Field names are nanoGPT's keys (lr, min_lr, grad_accum, ...); each is a `--flag` of `gpt2kit train`.
+Precedence: dataclass defaults < --preset < --config FILE < explicit flags.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+
+from .errors import GPT2KitError
+
+
+@dataclass
+class TrainConfig:
+    # data and output
+    data: str = ""  # a prepared data dir, or a built-in corpus: python-stdlib, shakespeare
+    out: str = "runs/default"  # run dir: checkpoint (config.json, model.safetensors, tokenizer/), state, logs
+    tokenizer: str = "char"  # used when `data` is a built-in corpus that is prepared on the fly
+    init_from: str = "scratch"  # scratch | gpt2 | gpt2-medium | ... | a model dir (finetune)
+    # model (ignored when init_from is a pretrained model, except dropout and a smaller block_size)
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    block_size: int = 1024
+    dropout: float = 0.0
+    bias: bool = True
+    pad_vocab_multiple: int = 64  # round wte rows up for faster matmuls; sliced off the logits
+    # optimisation
+    batch_size: int = 12
+    grad_accum: int = 1  # micro-steps per optimizer step (in total, across DDP ranks)
+    max_iters: int = 5000
+    lr: float = 6e-4
+    min_lr: float = 6e-5
+    warmup_iters: int = 100
+    lr_decay_iters: int = 5000
+    decay_lr: bool = True
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0  # 0 = off
+    # evaluation, logging, checkpoints
+    eval_interval: int = 250
+    eval_iters: int = 20
+    log_interval: int = 10
+    always_save_checkpoint: bool = False  # top-level model: the best val loss (False) or the latest (True)
+    tensorboard: bool = False
+    plot: bool = True  # loss.png at the end
+    samples: int = 0  # samples to print at the end
+    sample_tokens: int = 200
+    sample_prompt: str = ""  # empty: start from EOT (or a newline for tokenizers without one)
+    # system
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    dtype: str = "auto"  # auto (bf16 on CUDA if supported, else fp32) | float32 | bfloat16 | float16
+    compile: bool = False
+    seed: int = 1337
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        positive = ["n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum", "max_iters",
+                    "lr_decay_iters", "eval_interval", "eval_iters", "log_interval", "pad_vocab_multiple"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise GPT2KitError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_iters", "samples", "threads"):
+            if getattr(self, name) < 0:
+                raise GPT2KitError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.lr < 1 or not 0 <= self.min_lr <= self.lr:
+            raise GPT2KitError(f"need 0 < lr < 1 and 0 <= min_lr <= lr, got lr={self.lr}, min_lr={self.min_lr}")
+        if not 0 <= self.dropout < 1:
+            raise GPT2KitError(f"dropout must be in [0, 1), got {self.dropout}")
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise GPT2KitError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
+        if self.n_embd % self.n_head:
+            raise GPT2KitError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("gpt2kit.presets").iterdir() if p.name.endswith(".toml"))
+
+
+def load_preset(name: str) -> dict:
+    path = resources.files("gpt2kit.presets") / f"{name}.toml"
+    if not path.is_file():
+        raise GPT2KitError(f"unknown preset {name!r}; choose one of {preset_names()}")
+    return _parse_toml(path.read_text(encoding="utf-8"), f"preset {name}")
+
+
+def load_config_file(path: str) -> dict:
+    if not os.path.isfile(path):
+        raise GPT2KitError(f"config file not found: {path}")
+    text = open(path, encoding="utf-8").read()
+    if path.endswith(".json"):
+        try:
+            return _check_keys(json.loads(text), path)
+        except json.JSONDecodeError as e:
+            raise GPT2KitError(f"{path} is not valid JSON: {e}") from None
+    return _parse_toml(text, path)
+
+
+def _parse_toml(text: str, where: str) -> dict:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+    try:
+        d = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise GPT2KitError(f"{where} is not valid TOML: {e}") from None
+    d.pop("description", None)
+    return _check_keys(d, where)
+
+
+def _check_keys(d: dict, where: str) -> dict:
+    unknown = sorted(set(d) - set(FIELDS))
+    if unknown:
+        raise GPT2KitError(f"{where}: unknown keys {unknown}; see `gpt2kit train --help` for the fields")
+    return d
+
+
+def make_config(preset: str | None = None, config_file: str | None = None, overrides: dict | None = None) -> TrainConfig:
+    values: dict = {}
+    if preset:
+        values.update(load_preset(preset))
+    if config_file:
+        values.update(load_config_file(config_file))
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    for k, v in values.items():  # TOML/JSON types must match the dataclass
+        want = FIELDS[k].type
+        if want == "float" and isinstance(v, int) and not isinstance(v, bool):
+            values[k] = float(v)
+        elif want in ("int", "float", "bool", "str") and type(values[k]).__name__ != want:
+            raise GPT2KitError(f"config key {k} must be {want}, got {v!r}")
+    return TrainConfig(**values)
