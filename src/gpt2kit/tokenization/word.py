@@ -36,13 +36,56 @@ def segment(text: str, hmm: bool = True) -> list[str]:
     return list(_jieba().cut(text, cut_all=False, HMM=hmm))
 
 
-def count_words(texts: Iterable[str], hmm: bool = True) -> tuple[Counter, Counter]:
-    """(word counts, character counts) over texts: what build() needs, mergeable across workers."""
+def count_words(texts: Iterable[str], hmm: bool = True, num_proc: int = 1) -> tuple[Counter, Counter]:
+    """(word counts, character counts) over texts: what build() needs. With num_proc > 1 the
+    segmentation runs in worker processes; counts are sums, so the result does not depend on it."""
+    if num_proc > 1:
+        return _count_parallel(texts, hmm, num_proc)
     words: Counter = Counter()
     chars: Counter = Counter()
     for t in texts:
         words.update(segment(t, hmm))
         chars.update(t)
+    return words, chars
+
+
+def _batches(texts: Iterable[str], target: int = 1 << 16) -> Iterable[list[str]]:
+    """Group texts into ~target-char batches, cutting long texts after a newline (jieba never joins across one)."""
+    batch: list[str] = []
+    size = 0
+    for t in texts:
+        start = 0
+        while len(t) - start > target:
+            cut = t.find("\n", start + target)
+            if cut < 0:
+                break
+            batch.append(t[start:cut + 1])
+            yield batch
+            batch, size, start = [], 0, cut + 1
+        batch.append(t[start:])
+        size += len(t) - start
+        if size >= target:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def _count_batch(args: tuple[list[str], bool]) -> tuple[Counter, Counter]:
+    return count_words(args[0], args[1])
+
+
+def _count_parallel(texts: Iterable[str], hmm: bool, num_proc: int) -> tuple[Counter, Counter]:
+    import multiprocessing as mp
+
+    _jieba()  # load the dictionary once, before forking, so workers inherit it
+    ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+    words: Counter = Counter()
+    chars: Counter = Counter()
+    with ctx.Pool(num_proc) as pool:
+        for w, c in pool.imap_unordered(_count_batch, ((b, hmm) for b in _batches(texts))):
+            words.update(w)
+            chars.update(c)
     return words, chars
 
 
@@ -62,11 +105,11 @@ class WordTokenizer(Tokenizer):
 
     @classmethod
     def build(cls, texts: Iterable[str], min_freq: int = 1, unk: bool = True, eot: bool = False, hmm: bool = True,
-              counts: tuple[Counter, Counter] | None = None, **_ignored) -> "WordTokenizer":
-        """Vocabulary from a corpus; pass counts=count_words(...) (e.g. summed over workers) to skip re-segmenting."""
+              num_proc: int = 1, **_ignored) -> "WordTokenizer":
+        """Vocabulary from a corpus (segmented by num_proc processes; the result is the same for any number)."""
         if min_freq < 1:
             raise GPT2KitError(f"min_freq must be >= 1, got {min_freq}")
-        words, chars = counts if counts is not None else count_words(texts, hmm)
+        words, chars = count_words(texts, hmm, num_proc)
         keep = {w: n for w, n in words.items() if n >= min_freq}
         for c, n in chars.items():  # the character fallback
             if n >= min_freq:
