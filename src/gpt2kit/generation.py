@@ -132,10 +132,10 @@ class TextStreamer:
     Text that might be the start of a stop string is held back until it is ruled out.
     """
 
-    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] = ()):
+    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] = (), prev: int | None = None):
         if any(not isinstance(s, str) or not s for s in stop):
             raise GPT2KitError("stop strings must be non-empty strings")
-        self.decoder = StreamDecoder(tokenizer)
+        self.decoder = StreamDecoder(tokenizer, prev)  # prev: the prompt's last token (bert spaces words)
         self.stop = list(stop)
         self.pending = ""
         self.stopped = False
@@ -173,7 +173,7 @@ def generate_text(
             raise GPT2KitError("the prompt is empty and this tokenizer has no end-of-text token to start from; give a prompt")
         ids = [tokenizer.eot_token]
     eot = tokenizer.eot_token
-    streamer = TextStreamer(tokenizer, stop)
+    streamer = TextStreamer(tokenizer, stop, prev=ids[-1])
     gen = generate(model, ids, max_new_tokens, stop_tokens=() if eot is None else (eot,), **kwargs)
     try:
         for t in gen:

@@ -106,10 +106,11 @@ class StreamDecoder:
     bytes that can never form a character become U+FFFD, as in decode().
     """
 
-    def __init__(self, tokenizer: Tokenizer):
+    def __init__(self, tokenizer: Tokenizer, prev: int | None = None):
+        """prev: the token before the stream (a prompt's last), for kinds whose spacing depends on it."""
         self.tokenizer = tokenizer
         self._dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._prev: int | None = None
+        self._prev = prev
 
     def push(self, token: int) -> str:
         data = self.tokenizer.stream_bytes(self._prev, token)
