@@ -58,8 +58,10 @@ def load(args):
     return model, tok
 
 
-def stream_samples(model, tok, prompt_ids, args, out=sys.stdout, show_prompt: str = "") -> None:
+def stream_samples(model, tok, prompt_ids, args, out=None, show_prompt: str = "") -> None:
     import torch
+
+    out = out or sys.stdout  # looked up per call: a default bound at import would outlive a redirected stdout
 
     from gpt2kit.generation import generate_text
 
