@@ -451,3 +451,83 @@ def test_cli_errors(capsys):
     assert main(["tokenize", "x", "--tokenizer", "bpe:/nonexistent/dir"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "gpt2kit tokenizer train" in err
+
+
+# -- prepare with every kind ------------------------------------------------------------------
+def _prepared_ids(d: Path) -> list[int]:
+    import numpy as np
+
+    from gpt2kit.data import read_tokens
+
+    return np.concatenate([read_tokens(str(d / f"{s}.bin")) for s in ("train", "val")]).tolist()
+
+
+@pytest.mark.parametrize("kind", ["char", "word", "bpe", "bert"])
+def test_prepare_doc_sep_every_kind(kind, bpe, bert_vocab, tmp_path):
+    from gpt2kit.data import prepare
+
+    docs = [p.strip("\n") + "\n" for p in CORPUS.split("%\n")] * 4
+    src = tmp_path / "poems.txt"
+    src.write_text("%\n".join(docs), encoding="utf-8")
+    spec = {"char": "char", "word": "word", "bpe": f"bpe:{bpe_dir(bpe, tmp_path)}", "bert": f"bert:{bert_vocab}"}[kind]
+    r1 = prepare([str(src)], str(tmp_path / "p1"), spec, doc_sep="%", num_proc=1, progress=False)
+    r2 = prepare([str(src)], str(tmp_path / "p2"), spec, doc_sep="%", num_proc=2, progress=False)
+    tok = load_tokenizer(tmp_path / "p1")
+    assert tok.kind == kind and tok.eot_token is not None  # char/word get <|endoftext|> when documents are delimited
+    expect = [t for d in docs for t in tok.encode_ordinary(d) + [tok.eot_token]]
+    assert _prepared_ids(tmp_path / "p1") == _prepared_ids(tmp_path / "p2") == expect
+    assert r1.unknown_rate == r2.unknown_rate == (None if kind == "bpe" else unknown_rate(tok, expect))  # bpe has no unknowns
+    assert json.loads((tmp_path / "p2" / "meta.json").read_text(encoding="utf-8"))["unknown_rate"] == r1.unknown_rate
+
+
+def bpe_dir(bpe, tmp_path) -> Path:
+    bpe.save(tmp_path / "bpe")
+    return tmp_path / "bpe"
+
+
+def test_prepare_reports_unknown_rate_with_min_freq(tmp_path, capsys):
+    from gpt2kit.cli import main
+
+    src = tmp_path / "t.txt"
+    src.write_text(CORPUS, encoding="utf-8")
+    assert main(["prepare", str(src), "--tokenizer", "char", "--min-freq", "2", "--out", str(tmp_path / "o")]) == 0
+    tok = load_tokenizer(tmp_path / "o")
+    rate = unknown_rate(tok, tok.encode(CORPUS))
+    assert rate > 0.01 and tok.eot_token is None  # one file, no --doc-sep: nanoGPT's layout, no EOT
+    out = capsys.readouterr().out
+    assert f"unknown-token rate {rate:.4%}" in out and "lower --min-freq" in out
+
+
+def test_word_build_parallel_equals_serial():
+    docs = [CORPUS * 30, *CORPUS.split("\n")]  # one text long enough to be cut, and many short ones
+    assert WordTokenizer.build(docs, num_proc=2).words == WordTokenizer.build(docs, num_proc=1).words
+
+
+# -- a checkpoint carries its tokenizer ---------------------------------------------------------
+@pytest.mark.parametrize("kind", ["char", "word", "bpe", "bert"])
+def test_checkpoint_restores_tokenizer_and_generate_streams_it(kinds, kind, tmp_path, capsys):
+    """`gpt2kit generate --model DIR` needs no --tokenizer, and prints the prompt + the greedy ids' decode."""
+    import torch
+
+    from gpt2kit import save_model
+    from gpt2kit.cli import main
+    from gpt2kit.config import GPTConfig
+    from gpt2kit.generation import generate
+    from gpt2kit.model import GPT
+
+    tok = kinds[kind]
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, block_size=64, vocab_size=tok.n_vocab))
+    save_model(model, tmp_path / "ckpt", tokenizer=tok)
+    prompt = "我很感谢 hello"
+    prompt_ids = tok.encode(prompt)
+    ids = []
+    for t in generate(model, prompt_ids, 30, temperature=0.0, stop_tokens=[tok.eot_token]):
+        if t == tok.eot_token:
+            break
+        ids.append(t)
+    assert main(["generate", prompt, "--model", str(tmp_path / "ckpt"), "--temperature", "0", "--max-new-tokens", "30"]) == 0
+    full, shown = tok.decode(prompt_ids + ids), tok.decode(prompt_ids)
+    assert full.startswith(shown)  # bert's decode re-spaces the prompt; the others give it back exactly
+    assert shown == prompt or kind == "bert"
+    assert capsys.readouterr().out == prompt + full[len(shown):] + "\n"
