@@ -6,6 +6,7 @@ punctuation mark; the line is "in meter" when that clause has 5 or 7 characters 
 
     gpt2kit generate "《春望》" --model runs/poems --top-k 8 --num-samples 20 --seed 1 | python bench/poem_meter.py
     python bench/poem_meter.py ../shared/data/zh/tang300.txt          # the same measure on the training poems
+    ... | python bench/poem_meter.py - --corpus tang300.txt song100.txt  # also: how many clauses are copied verbatim
 """
 from __future__ import annotations
 
@@ -43,15 +44,30 @@ def meter(text: str) -> dict:
     }
 
 
+def copied(text: str, corpus: str) -> tuple[int, int]:
+    """(clauses of 4+ characters found verbatim in the corpus, all such clauses): memorisation, not meter."""
+    clauses = [c for line in verse_lines(text) for c in CLAUSE.split(line) if len(c) >= 4]
+    return sum(c in corpus for c in clauses), len(clauses)
+
+
 def main(argv: list[str]) -> int:
-    sources = argv or ["-"]
-    for src in sources:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("sources", nargs="*", default=["-"], help="files of generated text or poems; - for stdin")
+    ap.add_argument("--corpus", nargs="*", default=[], help="training files: also count clauses copied from them")
+    args = ap.parse_args(argv)
+    corpus = "".join(open(p, encoding="utf-8").read() for p in args.corpus)
+    for src in args.sources:
         text = sys.stdin.read() if src == "-" else open(src, encoding="utf-8").read()
         m = meter(text)
         name = "stdin" if src == "-" else src
         print(f"{name}: {m['lines_5_or_7']}/{m['lines']} verse lines have 5 or 7 characters before the first punctuation "
               f"({m['share_lines']:.1%}); clauses of 5 or 7: {m['share_clauses']:.1%} of {m['clauses']}; "
               f"first-clause lengths (length, count): {m['first_clause_lengths']}")
+        if corpus:
+            k, n = copied(text, corpus)
+            print(f"  clauses of 4+ characters copied verbatim from the corpus: {k}/{n} ({k / max(n, 1):.1%})")
     return 0
 
 

@@ -324,18 +324,19 @@ def test_char_min_freq_unknown_and_eot():
     assert ids == [0, 1, 2, 3]
     assert tok.decode(ids) == "ab\ufffd<|endoftext|>"
     assert unknown_rate(tok, ids) == 0.25
-    assert CharTokenizer.build([shared("en")]).n_vocab == 66  # nanoGPT's 65 characters + the unknown id
+    if SHARED["en"].exists():
+        assert CharTokenizer.build([shared("en")]).n_vocab == 66  # nanoGPT's 65 characters + the unknown id
 
 
 def test_word_vocab_fallback_and_unknowns():
     tok = WordTokenizer.build(["我们喜欢诗歌。我们喜欢诗歌。今天\n", "诗"], min_freq=2)
     # words seen twice, plus characters seen twice; '今'/'天' (once) are unknown
-    assert set(tok.words) == {"我们", "喜欢", "诗歌", "。", "我", "们", "喜", "欢", "诗", "歌"}
-    assert tok.words[:4] == ["。", "喜欢", "我们", "诗歌"] or tok.words[0] in ("诗", "。")
+    # by count as a piece (ties by text): the words twice, '诗' once alone, then characters only seen inside words
+    assert tok.words == ["。", "喜欢", "我们", "诗歌", "诗", "们", "喜", "我", "欢", "歌"]
     ids = tok.encode("我们爱诗歌今天")
     assert tok.decode(ids) == "我们\ufffd诗歌\ufffd\ufffd"
     assert unknown_rate(tok, ids) == pytest.approx(3 / 5)
-    ids = tok.encode("歌诗")  # not a word in the vocabulary: spelt by characters
+    ids = tok.encode("歌诗")  # jieba's one word '歌诗' is not in the vocabulary: spelt by characters
     assert [tok.words[i] for i in ids] == ["歌", "诗"]
     with pytest.raises(GPT2KitError, match="min_freq"):
         WordTokenizer.build(["x"], min_freq=0)
