@@ -225,7 +225,8 @@ def prepare(
         import multiprocessing as mp
 
         pool = mp.get_context("spawn" if os.name == "nt" else "fork").Pool(num_proc, _init_worker, (tok_dir,))
-        encoded = pool.imap(_encode_chunk, chunks, chunksize=1)
+        # many small documents (poems, JSONL rows) go to workers in batches: one round trip each is slower than encoding it
+        encoded = pool.imap(_encode_chunk, chunks, chunksize=max(1, len(chunks) // (32 * num_proc)))
     eot = tok.eot_token
     try:
         for i, ids in enumerate(encoded):
