@@ -35,7 +35,7 @@ def ours_from_hf(hf):
     from gpt2kit.config import GPTConfig
     from gpt2kit.weights import build_model, from_hf_state_dict
 
-    return build_model(GPTConfig.from_hf(hf.config.to_dict()), from_hf_state_dict(hf.state_dict()))
+    return build_model(GPTConfig.from_hf(hf.config.to_dict()), from_hf_state_dict({k: v.clone() for k, v in hf.state_dict().items()}))
 
 
 @pytest.fixture(scope="session")

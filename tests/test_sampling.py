@@ -50,3 +50,15 @@ def test_sampling_follows_distribution():
 def test_validation(kw):
     with pytest.raises(GPT2KitError):
         SamplingParams(**kw)
+
+
+@pytest.mark.parametrize("kw,expect", [
+    (dict(top_k=2), [0.625, 0.375, 0.0, 0.0]),  # 0.5 and 0.3 renormalised
+    (dict(top_p=0.85), [0.5 / 0.95, 0.3 / 0.95, 0.15 / 0.95, 0.0]),
+    (dict(top_k=3, top_p=0.7), [0.625, 0.375, 0.0, 0.0]),
+])
+def test_filtered_sampling_follows_the_filtered_distribution(kw, expect):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(40000, 1)
+    counts = torch.bincount(sample(logits, SamplingParams(**kw), g), minlength=4).float() / 40000
+    assert torch.allclose(counts, torch.tensor(expect), atol=0.01)

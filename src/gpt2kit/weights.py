@@ -15,23 +15,28 @@ import os
 
 import torch
 
-from .config import ALIASES, HUB_REPOS, GPTConfig
+from .config import GPTConfig
 from .errors import GPT2KitError
 from .fileio import atomic_path, read_json, write_json_atomic
+from .hub import HUB_FILES, download, hub_repo, resolve_model_path  # noqa: F401  (re-exported; torch-free home)
 from .model import GPT
 
 FORMAT_VERSION = 1
 TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-HF_IGNORED = (".attn.bias", ".attn.masked_bias", "lm_head.weight")  # causal-mask buffers; the tied head
-HUB_FILES = ["config.json", "model.safetensors", "vocab.json", "merges.txt", "generation_config.json"]
+HF_IGNORED = (".attn.bias", ".attn.masked_bias", "lm_head.weight")  # causal-mask buffers; the tied head (the dots keep c_attn.bias)
 
 
 # -- state-dict mapping ---------------------------------------------------------------------
 
 def from_hf_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """HF GPT2LMHeadModel / GPT2Model keys -> gpt2kit keys, Conv1D weights transposed."""
+    """HF GPT2LMHeadModel / GPT2Model keys -> gpt2kit keys, Conv1D weights transposed.
+
+    Consumes `sd` (entries are popped) so each source tensor is freed once its copy exists:
+    peak memory stays near one model's worth of weights.
+    """
     out = {}
-    for k, v in sd.items():
+    for k in list(sd):
+        v = sd.pop(k)
         name = k.removeprefix("transformer.")
         if name.endswith(HF_IGNORED):
             continue
@@ -144,62 +149,25 @@ def save_model(model: GPT, directory: str | os.PathLike, tokenizer=None, meta: d
     write_json_atomic(os.path.join(directory, "config.json"), {"gpt2kit_version": FORMAT_VERSION, "model": model.config.to_dict()})
 
 
-# -- the hub ----------------------------------------------------------------------------------
-
-def hub_repo(name: str) -> str | None:
-    """'gpt2' / '355M' / 'openai-community/gpt2-large' -> the hub repo id, else None."""
-    key = ALIASES.get(name, name)
-    return HUB_REPOS.get(key)
-
-
-def download(name: str) -> str:
-    """Fetch a GPT-2 release into the HF hub cache (progress bars from huggingface_hub); return its dir.
-
-    With HF_HUB_OFFLINE=1, or when the hub cannot be reached, a cached copy is used.
-    """
-    repo = hub_repo(name)
-    if repo is None:
-        raise GPT2KitError(f"unknown model {name!r}; choose one of {sorted(HUB_REPOS)} or pass a model directory")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        path = snapshot_download(repo_id=repo, allow_patterns=HUB_FILES)
-    except LocalEntryNotFoundError:
-        raise GPT2KitError(
-            f"cannot fetch {repo} from the HF hub (offline?) and it is not in the local cache; "
-            "connect once to download it, or pass a local model directory"
-        ) from None
-    except Exception as e:
-        raise GPT2KitError(f"downloading {repo} failed: {str(e).splitlines()[0]}; check the network or pass a local model directory") from None
-    if not os.path.exists(os.path.join(path, "model.safetensors")):
-        raise GPT2KitError(f"{repo} in the hub cache at {path} has no model.safetensors; re-run `gpt2kit download {name}`")
-    return path
-
-
-def resolve_model_path(name_or_path: str | os.PathLike) -> str:
-    """A local directory for a model name or path (hub names are fetched into the cache)."""
-    s = os.fspath(name_or_path)
-    if os.path.isdir(s):
-        return s
-    if os.path.exists(s):
-        raise GPT2KitError(f"{s} is a file; pass a model directory (to read other formats, use `gpt2kit convert {s}`)")
-    if hub_repo(s) is not None:
-        return download(s)
-    raise GPT2KitError(f"model not found: {s!r} is neither a directory nor a GPT-2 hub name ({', '.join(sorted(HUB_REPOS))})")
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
 
 
 def load_model(name_or_path: str | os.PathLike = "gpt2", *, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu") -> GPT:
-    """GPT-2 from a hub name, an HF-format directory, or a gpt2kit checkpoint directory."""
+    """GPT-2 from a hub name, an HF-format directory, or a gpt2kit checkpoint directory.
+
+    dtype: float32 (default), bfloat16, float16, or "int8" (weight-only, for CPU inference).
+    """
     path = resolve_model_path(name_or_path)
     if not os.path.exists(os.path.join(path, "config.json")):
         raise GPT2KitError(f"{path} holds no config.json; is it a model directory (a gpt2kit checkpoint or an HF GPT-2 folder)?")
+    if isinstance(dtype, str) and dtype not in DTYPES and dtype != "int8":
+        raise GPT2KitError(f"unknown dtype {dtype!r}; use float32, bfloat16, float16 or int8")
     model = load_checkpoint_dir(path) if is_checkpoint_dir(path) else load_hf_dir(path)
+    if dtype == "int8":
+        from .quantize import quantize_int8
+
+        return quantize_int8(model).to(device)
     if isinstance(dtype, str):
-        dtype = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-                 "float16": torch.float16, "fp16": torch.float16}.get(dtype) or _bad_dtype(dtype)
+        dtype = DTYPES[dtype]
     return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
-
-
-def _bad_dtype(d):
-    raise GPT2KitError(f"unknown dtype {d!r}; use float32, bfloat16 or float16")

@@ -11,7 +11,11 @@ import importlib
 import sys
 
 # verb modules, in --help order
+<<<<<<< HEAD
 VERB_MODULES = ["generate", "download", "prepare", "train", "tokenizer", "tokenize"]
+=======
+VERB_MODULES = ["generate", "download", "prepare", "train", "serve", "convert", "export", "eval", "demo"]
+>>>>>>> main
 
 
 class _Parser(argparse.ArgumentParser):

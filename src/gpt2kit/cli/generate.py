@@ -13,7 +13,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="gpt2", help="hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl), HF-format dir or gpt2kit checkpoint dir (default: gpt2)")
     p.add_argument("--tokenizer", default=None, help="tokenizer spec; default: the one saved with the model (GPT-2 BPE for hub/HF models)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"], help="weight dtype (default: float32)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "int8"],
+                   help="weights: float32 (default), bfloat16, float16, or int8 (weight-only, fastest CPU decode)")
+    p.add_argument("--backend", default="torch", choices=["torch", "numpy"], help="torch (default) or numpy: pure NumPy GPT-2, float32 on the CPU, no torch imported")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -47,35 +49,52 @@ def register(sub) -> None:
 def load(args):
     """(model, tokenizer) for the CLI flags, with the tokenizer checked against the model."""
     from gpt2kit.errors import GPT2KitError
+    from gpt2kit.hub import resolve_model_path
     from gpt2kit.tokenization import get_tokenizer
-    from gpt2kit.weights import load_model, resolve_model_path
 
+    if args.backend == "numpy" and (args.device != "cpu" or args.dtype != "float32"):
+        raise GPT2KitError("--backend numpy runs float32 on the CPU; drop --device/--dtype or use --backend torch")
     path = resolve_model_path(args.model)
     tok = get_tokenizer(args.tokenizer or path)
-    model = load_model(path, dtype=args.dtype, device=args.device)
+    if args.backend == "numpy":
+        from gpt2kit.numpy_gpt2 import load as load_numpy
+
+        model = load_numpy(path)
+    else:
+        from gpt2kit.weights import load_model
+
+        model = load_model(path, dtype=args.dtype, device=args.device)
     if tok.n_vocab != model.config.vocab_size:
         raise GPT2KitError(f"the tokenizer has {tok.n_vocab} tokens but the model expects {model.config.vocab_size}; pass the model's own --tokenizer")
     return model, tok
 
 
 def stream_samples(model, tok, prompt_ids, args, out=None, show_prompt: str = "") -> None:
-    import torch
-
     out = out or sys.stdout  # looked up per call: a default bound at import would outlive a redirected stdout
+    if args.backend == "numpy":
+        import numpy as np
 
-    from gpt2kit.generation import generate_text
+        from gpt2kit.numpy_gpt2 import generate_text
 
-    g = torch.Generator(device=model.transformer.wte.weight.device)
-    if args.seed is not None:
-        g.manual_seed(args.seed)
+        rng = np.random.default_rng(args.seed)  # None: seeded from the OS
+        engine = {"rng": rng}
     else:
-        g.seed()
+        import torch
+
+        from gpt2kit.generation import generate_text
+
+        g = torch.Generator(device=model.transformer.wte.weight.device)
+        if args.seed is not None:
+            g.manual_seed(args.seed)
+        else:
+            g.seed()
+        engine = {"generator": g}
     for i in range(args.num_samples):
         if args.num_samples > 1:
             print(f"{SAMPLE_RULE} SAMPLE {i + 1} {SAMPLE_RULE}", file=out)
         out.write(show_prompt)
         for piece in generate_text(
-            model, tok, prompt_ids, args.max_new_tokens, stop=args.stop, generator=g,
+            model, tok, prompt_ids, args.max_new_tokens, stop=args.stop, **engine,
             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
             repetition_penalty=args.repetition_penalty,
         ):

@@ -1,0 +1,75 @@
+"""`gpt2kit serve`: the OpenAI-compatible completions API and the demo page, on one uvicorn server."""
+from __future__ import annotations
+
+import os
+
+from . import types as T
+from .generate import add_model_args
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="serve a model: OpenAI-style /v1/completions plus a web page at /",
+                       description="Serve a model over HTTP: POST /v1/completions (OpenAI wire format, SSE streaming), "
+                                   "GET /v1/models, GET /health, and a gradio page at /. Needs `pip install \"gpt2kit[serve]\"`.")
+    add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=T.nonneg_int, default=8000, help="port (default: 8000; 0 = any free port)")
+    p.add_argument("--api-key", default=os.environ.get("GPT2KIT_API_KEY"),
+                   help="require `Authorization: Bearer KEY` on /v1/* (default: $GPT2KIT_API_KEY; unset = open)")
+    p.add_argument("--model-name", default=None, help="the model id clients send (default: the --model value, or the directory's name)")
+    p.add_argument("--max-concurrency", type=T.positive_int, default=8, help="requests generating at once (default: 8)")
+    p.add_argument("--max-queue", type=T.nonneg_int, default=32, help="requests waiting beyond those; more get HTTP 429 (default: 32)")
+    p.add_argument("--max-batch", type=T.positive_int, default=64, help="rows (prompts x n) run in one forward pass (default: 64)")
+    p.add_argument("--max-tokens-cap", type=T.positive_int, default=None, help="largest max_tokens a request may ask (default: the model's context)")
+    p.add_argument("--threads", type=T.positive_int, default=None,
+                   help="torch CPU threads per op (default: torch's choice; 1 suits small models on busy machines)")
+    p.add_argument("--no-page", action="store_true", help="serve the API only, without the gradio page")
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args) -> int:
+    from gpt2kit.errors import GPT2KitError
+
+    try:
+        import uvicorn
+
+        from gpt2kit.serve import build_app
+    except ImportError as e:
+        raise GPT2KitError(f"serving needs the serve extra ({e.name} is missing): pip install \"gpt2kit[serve]\"") from None
+    from .generate import load
+
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    model, tok = load(args)
+    name = args.model_name or (os.path.basename(os.path.normpath(args.model)) if os.path.isdir(args.model) else args.model)
+    cap = args.max_tokens_cap or model.config.block_size
+    app = build_app(model, tok, model_id=name, api_key=args.api_key, max_concurrency=args.max_concurrency,
+                    max_queue=args.max_queue, max_batch=args.max_batch, max_tokens_cap=cap, page=not args.no_page)
+    sock = _bind(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"gpt2kit serve: {name} on http://{shown}:{port}/  (API: /v1/completions{', key required' if args.api_key else ''})", flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server.run(sockets=[sock])
+    return 0
+
+
+def _bind(host: str, port: int):
+    """A listening socket bound before uvicorn starts, so --port 0 can report the port it got."""
+    import socket
+
+    from gpt2kit.errors import GPT2KitError
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise GPT2KitError(f"cannot listen on {host}:{port}: {e.strerror}; pick another --port or --host") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock

@@ -1,0 +1,52 @@
+"""Export to a Hugging Face GPT-2 folder that transformers.AutoModelForCausalLM loads.
+
+Writes config.json (GPTConfig.to_hf), model.safetensors (weights.to_hf_state_dict: HF key
+names, Conv1D layout, tied head stored once), and the tokenizer: GPT-2's vocab.json /
+merges.txt (OpenAI's encoder.json / vocab.bpe under HF's names) when the model uses GPT-2's
+BPE. Other tokenizers (char, ...) have no HF GPT-2 form; their gpt2kit files go to
+tokenizer/, so gpt2kit reads the folder back with the same tokenizer.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+from ..fileio import atomic_path, write_json_atomic
+
+
+def export_hf(model, tokenizer, out_dir: str) -> None:
+    from safetensors.torch import save_file
+
+    from ..weights import to_hf_state_dict
+    from .common import add_zero_biases
+
+    model = getattr(model, "_orig_mod", model)
+    os.makedirs(out_dir, exist_ok=True)
+    sd = add_zero_biases(to_hf_state_dict(model), model.config)  # HF's GPT-2 always has biases
+    sd = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
+    with atomic_path(os.path.join(out_dir, "model.safetensors")) as tmp:
+        save_file(sd, tmp, metadata={"format": "pt"})
+    cfg = model.config.to_hf()
+    if tokenizer is not None and tokenizer.kind == "gpt2":
+        _write_gpt2_tokenizer(out_dir, model.config.block_size)
+    else:
+        eot = tokenizer.eot_token if tokenizer is not None else None
+        cfg["bos_token_id"] = cfg["eos_token_id"] = eot  # 50256 means nothing in another vocabulary
+        if tokenizer is not None:
+            tokenizer.save(os.path.join(out_dir, "tokenizer"))
+    write_json_atomic(os.path.join(out_dir, "generation_config.json"),
+                      {"bos_token_id": cfg["bos_token_id"], "eos_token_id": cfg["eos_token_id"]})
+    write_json_atomic(os.path.join(out_dir, "config.json"), cfg)  # last: marks a complete export
+
+
+def _write_gpt2_tokenizer(out_dir: str, n_ctx: int) -> None:
+    from ..tokenization.gpt2 import ENDOFTEXT, vocab_files
+
+    enc, bpe = vocab_files()
+    for src, name in ((enc, "vocab.json"), (bpe, "merges.txt")):
+        with atomic_path(os.path.join(out_dir, name)) as tmp:
+            shutil.copyfile(src, tmp)
+    write_json_atomic(os.path.join(out_dir, "tokenizer_config.json"), {
+        "tokenizer_class": "GPT2Tokenizer", "model_max_length": n_ctx, "add_prefix_space": False,
+        "bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT, "unk_token": ENDOFTEXT,
+    })

@@ -1,0 +1,23 @@
+"""Serving: a batching engine, an OpenAI-compatible completions API and a gradio page, in one uvicorn server.
+
+    from gpt2kit.serve import build_app
+    app = build_app(model, tokenizer, model_id="gpt2")   # then run it with uvicorn
+
+Needs the `serve` extra: pip install "gpt2kit[serve]".
+"""
+from __future__ import annotations
+
+from .engine import Busy, Engine, Generation
+from .rows import Job, Piece
+
+
+def build_app(model, tokenizer, *, model_id: str, api_key: str | None = None, max_concurrency: int = 8,
+              max_queue: int = 32, max_batch: int = 64, max_tokens_cap: int = 1024, page: bool = True):
+    """An engine (its thread starts now) and the FastAPI app around it; the app's shutdown stops the engine."""
+    from .api import create_app
+
+    engine = Engine(model, tokenizer, max_batch=max_batch, max_concurrency=max_concurrency, max_queue=max_queue)
+    return create_app(engine, model_id=model_id, api_key=api_key, max_tokens_cap=max_tokens_cap, page=page)
+
+
+__all__ = ["build_app", "Engine", "Generation", "Busy", "Job", "Piece"]
