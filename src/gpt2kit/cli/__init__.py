@@ -11,11 +11,7 @@ import importlib
 import sys
 
 # verb modules, in --help order
-<<<<<<< HEAD
-VERB_MODULES = ["generate", "download", "prepare", "train", "tokenizer", "tokenize"]
-=======
-VERB_MODULES = ["generate", "download", "prepare", "train", "serve", "convert", "export", "eval", "demo"]
->>>>>>> main
+VERB_MODULES = ["generate", "download", "prepare", "train", "serve", "convert", "export", "eval", "demo", "tokenizer", "tokenize"]
 
 
 class _Parser(argparse.ArgumentParser):
