@@ -167,23 +167,6 @@ def test_bpe_equals_openai_algorithm_on_trained_merges(bpe, shared_bpe):
         assert tok.encode(text) == ReferenceBPE.from_hf(tok._hf).encode(text)
 
 
-def test_bpe_equals_openai_algorithm_on_trained_merges(bpe, shared_bpe):
-    """HF's BPE and OpenAI's encoder.py algorithm (ReferenceBPE) agree on a trained vocabulary."""
-    from gpt2kit.tokenization.reference_bpe import ReferenceBPE
-
-    for tok, text in ((bpe, CORPUS), (shared_bpe, shared("tang"))):
-        assert tok.encode(text) == ReferenceBPE.from_hf(tok._hf).encode(text)
-
-
-def test_gpt2_fast_path_equals_reference_on_shared_files():
-    from gpt2kit.tokenization.reference_bpe import ReferenceBPE
-
-    ref, fast = ReferenceBPE(), GPT2Tokenizer()
-    texts = [shared(n) for n in SHARED]
-    for text in texts:
-        assert fast.encode(text) == ref.encode(text)
-
-
 # -- arbitrary Unicode ---------------------------------------------------------------------
 @HYP
 @given(text=TEXT)
@@ -383,7 +366,7 @@ def test_stream_decoder_chinese(kinds, kind):
     text = "春眠不觉晓，处处闻啼鸟。😀🎉"
     ids = tok.encode(text)
     pieces = _stream(tok, ids)
-    assert "".join(pieces) == tok.decode(ids) and UNK_TEXT not in "".join(pieces) or kind in ("bert",)
+    assert "".join(pieces) == tok.decode(ids) == text  # every character is in each vocabulary built from CORPUS
     if kind in ("gpt2", "bpe"):  # byte-level: some tokens are part of a character, and are held
         assert any(not _is_utf8(tok.token_bytes(i)) for i in ids)
         assert "" in pieces[:-1]
