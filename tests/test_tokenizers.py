@@ -22,7 +22,6 @@ from gpt2kit.tokenization import (
     BertTokenizer, BPETokenizer, CharTokenizer, GPT2Tokenizer, StreamDecoder, WordTokenizer,
     build_tokenizer, get_tokenizer, load_tokenizer, train_bpe, unknown_rate,
 )
-from gpt2kit.tokenization.bert import is_cjk
 from gpt2kit.tokenization.char import UNK_TEXT
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
