@@ -1,39 +1,32 @@
-"""Fast CPU paths against their references: int8 kernel vs dequantized matmul, int8/bf16 vs fp32."""
+"""Reduced-precision CPU paths against the fp32 reference: int8 (dynamic, per-channel) and bf16 weights."""
 import copy
 
 import torch
 
 from conftest import hf_model, ours_from_hf
 from gpt2kit import generate
-from gpt2kit.quantize import Int8Linear, quantize_int8, quantize_per_channel
+from gpt2kit.quantize import quantize_int8
 
 
-def test_int8_kernel_equals_dequantized_reference():
-    torch.manual_seed(0)
-    w, b = torch.randn(300, 128) * 0.05, torch.randn(300)
-    lin = Int8Linear(w, b)
-    x = torch.randn(5, 7, 128)
-    ref = torch.nn.functional.linear(x, lin.dequantized(), b)
-    assert torch.allclose(lin(x), ref, atol=1e-4, rtol=1e-4)
-    q, s = quantize_per_channel(w)
-    assert q.dtype == torch.int8 and (q.float() * s[:, None] - w).abs().max() <= s.max() / 2 + 1e-7
+def _logits(model, idx):
+    with torch.no_grad():
+        return model(idx)[0].float()
 
 
-def test_int8_model_logit_error_and_tokens():
+def test_int8_within_stated_tolerance_and_cache_consistent():
     hf = hf_model(n_layer=2, n_head=4, n_embd=128, n_positions=128, vocab_size=50257, seed=0)
     fp32 = ours_from_hf(hf)
     q = quantize_int8(copy.deepcopy(fp32))
+    assert all("quantized.dynamic" in type(m).__module__ for m in (q.transformer.h[0].mlp.c_fc, q.transformer.h[1].attn.c_attn, q.lm_head))
+    assert q.lm_head.weight().dtype == torch.qint8
     idx = torch.randint(0, 50257, (1, 32), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        a, b = fp32(idx)[0], q(idx)[0]
-    # stated tolerance: int8 per-channel keeps logits within 2% of their spread on random GPT-2 weights
-    assert (a - b).abs().max().item() <= 0.02 * (a.max() - a.min()).item()
-    # the cached decode path equals the uncached int8 forward
-    toks = list(generate(q, idx[0].tolist(), 10, temperature=0))
+    a, b = _logits(fp32, idx), _logits(q, idx)
+    # stated tolerance: int8 keeps every logit within 5% of the fp32 logit spread on random GPT-2 weights
+    assert (a - b).abs().max().item() <= 0.05 * (a.max() - a.min()).item()
+    toks = list(generate(q, idx[0].tolist(), 10, temperature=0))  # cached decode == uncached int8 forward
     seq = idx[0].tolist()
-    with torch.no_grad():
-        for _ in range(10):
-            seq.append(int(q(torch.tensor([seq]))[0][0, -1].argmax()))
+    for _ in range(10):
+        seq.append(int(_logits(q, torch.tensor([seq]))[0, -1].argmax()))
     assert toks == seq[32:]
 
 
@@ -42,6 +35,15 @@ def test_bf16_weights_close_to_fp32():
     fp32 = ours_from_hf(hf)
     bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
     idx = torch.randint(0, 1000, (1, 32), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        a, b = fp32(idx)[0], bf16(idx)[0].float()
+    a, b = _logits(fp32, idx), _logits(bf16, idx)
     assert (a - b).abs().max().item() <= 0.03 * (a.max() - a.min()).item()
+
+
+def test_load_model_int8(tiny_checkpoint):
+    from gpt2kit import load_model
+
+    m = load_model(tiny_checkpoint, dtype="int8")
+    ref = load_model(tiny_checkpoint)
+    idx = torch.tensor([[1, 2, 3, 4]])
+    a, b = _logits(ref, idx), _logits(m, idx)
+    assert (a - b).abs().max().item() <= 0.05 * (a.max() - a.min()).item()
