@@ -193,6 +193,7 @@ def prepare(
     """
     from tqdm import tqdm
 
+    from . import tokenization
     from .tokenization import build_tokenizer
 
     if not 0.0 < val_fraction < 1.0:
@@ -202,8 +203,10 @@ def prepare(
     docs = list(iter_documents(inputs, field=field, doc_sep=doc_sep))
     if not docs or not any(docs):
         raise GPT2KitError(f"no text found in {inputs}")
-    build_opts = {"min_freq": min_freq} if min_freq != 1 else {}
-    tok = build_tokenizer(tokenizer, docs, **build_opts)
+    # Corpus-built vocabularies (char, word) get an <|endoftext|> id when documents are delimited
+    # explicitly, so they stay apart in the token stream; kinds that load from files ignore these.
+    delimited = doc_sep is not None or any(p.endswith((".jsonl", ".jsonl.txt")) for p in _expand(inputs))
+    tok = build_tokenizer(tokenizer, docs, min_freq=min_freq, eot=delimited, num_proc=num_proc)
     os.makedirs(out_dir, exist_ok=True)
     tok_dir = os.path.join(out_dir, "tokenizer")
     tok.save(tok_dir)
@@ -222,7 +225,8 @@ def prepare(
         import multiprocessing as mp
 
         pool = mp.get_context("spawn" if os.name == "nt" else "fork").Pool(num_proc, _init_worker, (tok_dir,))
-        encoded = pool.imap(_encode_chunk, chunks, chunksize=1)
+        # many small documents (poems, JSONL rows) go to workers in batches: one round trip each is slower than encoding it
+        encoded = pool.imap(_encode_chunk, chunks, chunksize=max(1, len(chunks) // (32 * num_proc)))
     eot = tok.eot_token
     try:
         for i, ids in enumerate(encoded):
@@ -243,8 +247,7 @@ def prepare(
         raise GPT2KitError(f"only {len(ids)} tokens: too little text to split into train and val")
     write_tokens(os.path.join(out_dir, "train.bin"), ids[:n_train], tok.n_vocab)
     write_tokens(os.path.join(out_dir, "val.bin"), ids[n_train:], tok.n_vocab)
-    unk = getattr(tok, "unk_token", None)
-    unknown_rate = float(np.mean(ids == unk)) if unk is not None else None
+    unknown_rate = None if tok.unk_token is None else tokenization.unknown_rate(tok, ids)
     write_json_atomic(os.path.join(out_dir, "meta.json"), {
         "gpt2kit_data_version": VERSION, "tokenizer": tok.spec() | {"kind": tok.kind}, "n_vocab": tok.n_vocab,
         "train_tokens": int(n_train), "val_tokens": int(n_val), "documents": len(docs),

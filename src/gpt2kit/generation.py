@@ -144,7 +144,7 @@ def generate_text(
             raise GPT2KitError("the prompt is empty and this tokenizer has no end-of-text token to start from; give a prompt")
         ids = [tokenizer.eot_token]
     eot = tokenizer.eot_token
-    streamer = TextStreamer(tokenizer, stop)
+    streamer = TextStreamer(tokenizer, stop, prev=ids[-1])
     gen = generate(model, ids, max_new_tokens, stop_tokens=() if eot is None else (eot,), **kwargs)
     try:
         for t in gen:

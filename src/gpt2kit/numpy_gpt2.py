@@ -211,7 +211,7 @@ def generate_text(model: "NumpyGPT2", tokenizer, ids: Sequence[int], n_tokens: i
     from .streaming import TextStreamer
 
     eot = tokenizer.eot_token
-    streamer = TextStreamer(tokenizer, stop)
+    streamer = TextStreamer(tokenizer, stop, prev=ids[-1] if len(ids) else None)
     for t in generate(model, ids, n_tokens, stop_tokens=() if eot is None else (eot,), **kwargs):
         if t == eot:
             break

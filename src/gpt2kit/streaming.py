@@ -16,10 +16,10 @@ class TextStreamer:
     Text that might be the start of a stop string is held back until it is ruled out.
     """
 
-    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] = ()):
+    def __init__(self, tokenizer: Tokenizer, stop: Sequence[str] = (), prev: int | None = None):
         if any(not isinstance(s, str) or not s for s in stop):
             raise GPT2KitError("stop strings must be non-empty strings")
-        self.decoder = StreamDecoder(tokenizer)
+        self.decoder = StreamDecoder(tokenizer, prev)  # prev: the prompt's last token (bert spaces words)
         self.stop = list(stop)
         self.pending = ""
         self.stopped = False

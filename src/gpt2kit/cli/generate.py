@@ -70,7 +70,8 @@ def load(args):
     return model, tok
 
 
-def stream_samples(model, tok, prompt_ids, args, out=sys.stdout, show_prompt: str = "") -> None:
+def stream_samples(model, tok, prompt_ids, args, out=None, show_prompt: str = "") -> None:
+    out = out or sys.stdout  # looked up per call: a default bound at import would outlive a redirected stdout
     if args.backend == "numpy":
         import numpy as np
 

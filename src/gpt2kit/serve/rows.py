@@ -76,7 +76,7 @@ class Row:
         self.length = len(prompt)  # positions filled in the KV cache
         self.generated = 0
         self.generator = generator
-        self.streamer = TextStreamer(tokenizer, job.stop)
+        self.streamer = TextStreamer(tokenizer, job.stop, prev=prompt[-1] if prompt else None)
         self.offsets = codecs.getincrementaldecoder("utf-8")(errors="replace")  # text_offset bookkeeping
         self.text_len = 0
         self.pending: list[TokenLogprob] = []  # tokens whose text is not yet emitted

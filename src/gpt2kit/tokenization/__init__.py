@@ -4,7 +4,10 @@ get_tokenizer(spec) accepts:
   'gpt2'                  GPT-2's BPE (tiktoken engine, OpenAI's files)
   a directory             a saved tokenizer (tokenizer.json), or a checkpoint holding tokenizer/
   'KIND:PATH'             a kind that loads from files (added by each kind's module)
-Kinds that are built from a corpus ('char', ...) come from build_tokenizer(spec, texts).
+Kinds that are built from a corpus ('char', 'word') come from build_tokenizer(spec, texts).
+
+Kinds: gpt2 (OpenAI's BPE), char (字), word (jieba 分词), bpe (byte-level BPE trained with
+HF tokenizers: 'bpe:DIR'), bert (WordPiece vocab.txt: 'bert:vocab.txt', 'bert-cased:vocab.txt').
 """
 from __future__ import annotations
 
@@ -13,21 +16,32 @@ from collections.abc import Callable, Iterable
 
 from ..errors import GPT2KitError
 from ..fileio import read_json
-from .base import SPEC_FILE, StreamDecoder, Tokenizer
+from .base import SPEC_FILE, StreamDecoder, Tokenizer, unknown_rate
+from .bert import BertTokenizer
+from .bpe import BPETokenizer, train_bpe
 from .char import CharTokenizer
 from .gpt2 import GPT2Tokenizer
+from .word import WordTokenizer
 
 # kind -> loader(spec_dict, directory) for tokenizer.json
 LOADERS: dict[str, Callable[[dict, str], Tokenizer]] = {
     "gpt2": lambda spec, d: GPT2Tokenizer(),
     "char": CharTokenizer.from_spec,
+    "word": WordTokenizer.from_spec,
+    "bpe": BPETokenizer.from_spec,
+    "bert": BertTokenizer.from_spec,
 }
 # kind -> builder(texts, **options) for kinds whose vocabulary comes from the corpus
 BUILDERS: dict[str, Callable[..., Tokenizer]] = {
     "char": CharTokenizer.build,
+    "word": WordTokenizer.build,
 }
 # kind -> opener(path) for 'KIND:PATH' specs
-OPENERS: dict[str, Callable[[str], Tokenizer]] = {}
+OPENERS: dict[str, Callable[[str], Tokenizer]] = {
+    "bpe": BPETokenizer.open,
+    "bert": BertTokenizer.open,
+    "bert-cased": lambda path: BertTokenizer.open(path, lowercase=False),
+}
 
 _HUB_GPT2_NAMES = {"gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl", "124M", "355M", "774M", "1558M"}
 
@@ -83,4 +97,7 @@ def build_tokenizer(spec: str, texts: Iterable[str], **options) -> Tokenizer:
     return get_tokenizer(spec)
 
 
-__all__ = ["Tokenizer", "StreamDecoder", "GPT2Tokenizer", "CharTokenizer", "get_tokenizer", "load_tokenizer", "build_tokenizer"]
+__all__ = [
+    "Tokenizer", "StreamDecoder", "GPT2Tokenizer", "CharTokenizer", "WordTokenizer", "BPETokenizer", "BertTokenizer",
+    "get_tokenizer", "load_tokenizer", "build_tokenizer", "train_bpe", "unknown_rate",
+]

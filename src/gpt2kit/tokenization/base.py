@@ -19,6 +19,8 @@ SPEC_FILE = "tokenizer.json"
 
 class Tokenizer(ABC):
     kind: str = ""
+    # Id that stands for text outside the vocabulary (a declared loss), or None if every text encodes exactly.
+    unk_token: int | None = None
 
     # -- required ---------------------------------------------------------------
     @property
@@ -64,6 +66,11 @@ class Tokenizer(ABC):
             out.extend([self.special_tokens[piece]] if special else self.encode_ordinary(piece))
         return out
 
+    def stream_bytes(self, prev: int | None, token: int) -> bytes:
+        """Bytes `token` adds after `prev` (None at the start). Kinds whose spacing depends on the
+        neighbour (bert puts a space between two words) override this; the rest are context-free."""
+        return self.token_bytes(token)
+
     def encode_batch(self, texts: Sequence[str], *, num_threads: int = 8, **kw) -> list[list[int]]:
         return [self.encode(t, **kw) for t in texts]
 
@@ -99,15 +106,30 @@ class StreamDecoder:
     bytes that can never form a character become U+FFFD, as in decode().
     """
 
-    def __init__(self, tokenizer: Tokenizer):
+    def __init__(self, tokenizer: Tokenizer, prev: int | None = None):
+        """prev: the token before the stream (a prompt's last), for kinds whose spacing depends on it."""
         self.tokenizer = tokenizer
         self._dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._prev = prev
 
     def push(self, token: int) -> str:
-        return self._dec.decode(self.tokenizer.token_bytes(token))
+        data = self.tokenizer.stream_bytes(self._prev, token)
+        self._prev = token
+        return self._dec.decode(data)
 
     def flush(self) -> str:
         return self._dec.decode(b"", final=True)
+
+
+def unknown_rate(tokenizer: Tokenizer, ids) -> float:
+    """Fraction of `ids` that are the tokenizer's unknown id (0.0 for kinds with none, or no ids)."""
+    import numpy as np
+
+    unk = tokenizer.unk_token
+    arr = np.asarray(ids)
+    if unk is None or arr.size == 0:
+        return 0.0
+    return float(np.count_nonzero(arr == unk)) / arr.size
 
 
 def _resolve_allowed(specials: dict[str, int], allowed_special) -> set[str]:

@@ -12,8 +12,11 @@ from .gpt2 import PAT_STR, bytes_to_unicode, load_encoder
 
 
 class ReferenceBPE:
-    def __init__(self):
-        self.encoder, merges = load_encoder()
+    def __init__(self, encoder: dict[str, int] | None = None, merges: list[tuple[str, str]] | None = None):
+        """GPT-2's vocabulary by default; or any byte-level BPE's {symbols: id} and ordered merges."""
+        if encoder is None or merges is None:
+            encoder, merges = load_encoder()
+        self.encoder = encoder
         self.decoder = {v: k for k, v in self.encoder.items()}
         self.bpe_ranks = {pair: i for i, pair in enumerate(merges)}
         self.byte_encoder = bytes_to_unicode()
@@ -46,6 +49,15 @@ class ReferenceBPE:
         self.cache[token] = word
         return word
 
+    @classmethod
+    def from_hf(cls, hf_tokenizer) -> "ReferenceBPE":
+        """The same algorithm on a byte-level BPE trained with HF tokenizers (gpt2kit's bpe kind)."""
+        import json
+
+        model = json.loads(hf_tokenizer.to_str())["model"]
+        merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+        return cls(model["vocab"], merges)
+
     @staticmethod
     def _clean(text: str) -> str:
         # Lone surrogates cannot be UTF-8 encoded; like tiktoken, replace them with U+FFFD.
@@ -66,11 +78,15 @@ class ReferenceBPE:
         return bytes(self.byte_decoder[c] for c in text).decode("utf-8", errors="replace")
 
     def explain(self, text: str) -> list[dict]:
-        """For each regex piece: its bytes as GPT-2 symbols, each merge in order, and the ids."""
+        """For each regex piece: its bytes as GPT-2 symbols, each merge (pair, rank, symbols after) in
+        order, the final tokens, their raw bytes (a token may be part of a character) and ids."""
         out = []
         for piece in self.pieces(text):
             mapped = "".join(self.byte_encoder[b] for b in piece.encode("utf-8"))
             trace: list = []
             tokens = self.bpe(mapped, trace)
-            out.append({"piece": piece, "symbols": list(mapped), "merges": trace, "tokens": tokens, "ids": [self.encoder[t] for t in tokens]})
+            out.append({
+                "piece": piece, "symbols": list(mapped), "merges": trace, "tokens": tokens,
+                "bytes": [bytes(self.byte_decoder[c] for c in t) for t in tokens], "ids": [self.encoder[t] for t in tokens],
+            })
         return out
