@@ -53,11 +53,12 @@ def load(args):
     from gpt2kit.hub import resolve_model_path
     from gpt2kit.tokenization import get_tokenizer
 
-    if args.backend == "numpy" and (args.device != "cpu" or args.dtype != "float32"):
+    backend = getattr(args, "backend", "torch")  # only generate/interactive offer --backend
+    if backend == "numpy" and (args.device != "cpu" or args.dtype != "float32"):
         raise GPT2KitError("--backend numpy runs float32 on the CPU; drop --device/--dtype or use --backend torch")
     path = resolve_model_path(args.model)
     tok = get_tokenizer(args.tokenizer or path)
-    if args.backend == "numpy":
+    if backend == "numpy":
         from gpt2kit.numpy_gpt2 import load as load_numpy
 
         model = load_numpy(path)
