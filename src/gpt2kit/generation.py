@@ -17,7 +17,7 @@ import torch
 
 from .errors import GPT2KitError
 from .sampling import SamplingParams, sample
-from .streaming import TextStreamer  # lives in a torch-free module so numpy_gpt2 can share it
+from .streaming import TextStreamer, stream_text  # noqa: F401  (torch-free module, shared with numpy_gpt2)
 from .tokenization.base import Tokenizer
 
 
@@ -144,19 +144,8 @@ def generate_text(
             raise GPT2KitError("the prompt is empty and this tokenizer has no end-of-text token to start from; give a prompt")
         ids = [tokenizer.eot_token]
     eot = tokenizer.eot_token
-    streamer = TextStreamer(tokenizer, stop, prev=ids[-1])
     gen = generate(model, ids, max_new_tokens, stop_tokens=() if eot is None else (eot,), **kwargs)
     try:
-        for t in gen:
-            if t == eot:
-                break
-            piece = streamer.push(t)
-            if piece:
-                yield piece
-            if streamer.stopped:
-                return
-        tail = streamer.flush()
-        if tail:
-            yield tail
+        yield from stream_text(gen, tokenizer, stop, prev=ids[-1])
     finally:
         gen.close()

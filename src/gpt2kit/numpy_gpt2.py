@@ -208,21 +208,11 @@ def generate(model: "NumpyGPT2", ids: Sequence[int], n_tokens: int, *, temperatu
 
 def generate_text(model: "NumpyGPT2", tokenizer, ids: Sequence[int], n_tokens: int, *, stop: Sequence[str] = (), **kwargs) -> Iterator[str]:
     """Stream the continuation as text (whole UTF-8 characters); ends at EOT, a stop string or n_tokens."""
-    from .streaming import TextStreamer
+    from .streaming import stream_text
 
     eot = tokenizer.eot_token
-    streamer = TextStreamer(tokenizer, stop, prev=ids[-1] if len(ids) else None)
-    for t in generate(model, ids, n_tokens, stop_tokens=() if eot is None else (eot,), **kwargs):
-        if t == eot:
-            break
-        piece = streamer.push(t)
-        if piece:
-            yield piece
-        if streamer.stopped:
-            return
-    tail = streamer.flush()
-    if tail:
-        yield tail
+    tokens = generate(model, ids, n_tokens, stop_tokens=() if eot is None else (eot,), **kwargs)
+    yield from stream_text(tokens, tokenizer, stop, prev=ids[-1] if len(ids) else None)
 
 
 # -- loading -------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ Torch-free on purpose: both the torch engine (generation.py) and numpy_gpt2 stre
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 from .errors import GPT2KitError
 from .tokenization.base import StreamDecoder, Tokenizer
@@ -38,3 +38,20 @@ class TextStreamer:
         hold = 0 if final else max((k for s in self.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
         self.pending = text[len(text) - hold :] if hold else ""
         return text[: len(text) - hold]
+
+
+def stream_text(tokens: Iterable[int], tokenizer: Tokenizer, stop: Sequence[str] = (), prev: int | None = None) -> Iterator[str]:
+    """Text pieces for a stream of new ids; ends at the end-of-text id, a stop string or the ids' end."""
+    eot = tokenizer.eot_token
+    streamer = TextStreamer(tokenizer, stop, prev=prev)
+    for t in tokens:
+        if t == eot:
+            return
+        piece = streamer.push(t)
+        if piece:
+            yield piece
+        if streamer.stopped:
+            return
+    tail = streamer.flush()
+    if tail:
+        yield tail

@@ -151,3 +151,36 @@ def _split_specials(text: str, allowed: set[str]):
     for i, piece in enumerate(pattern.split(text)):
         if piece:
             yield piece, i % 2 == 1
+
+
+class TableTokenizer(Tokenizer):
+    """A kind whose ids index a table of texts (char, word): the vocabulary, then the
+    optional unknown id, then the optional <|endoftext|> id. Subclasses set _text, _bytes and _eot."""
+
+    _text: list[str]
+    _bytes: list[bytes]
+    _eot: int | None
+
+    def token_bytes(self, token: int) -> bytes:
+        self._check_id(token)
+        return self._bytes[token]
+
+    def decode(self, tokens, errors: str = "replace") -> str:
+        text = self._text
+        out = []
+        for t in tokens:
+            self._check_id(t)
+            out.append(text[t])
+        return "".join(out)
+
+    @property
+    def n_vocab(self) -> int:
+        return len(self._bytes)
+
+    @property
+    def eot_token(self) -> int | None:
+        return self._eot
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        return {} if self._eot is None else {"<|endoftext|>": self._eot}

@@ -12,13 +12,13 @@ from collections import Counter
 from collections.abc import Iterable
 
 from ..errors import GPT2KitError
-from .base import Tokenizer
+from .base import TableTokenizer
 
 UNK_TEXT = "\ufffd"
 ENDOFTEXT = "<|endoftext|>"
 
 
-class CharTokenizer(Tokenizer):
+class CharTokenizer(TableTokenizer):
     kind = "char"
 
     def __init__(self, chars: list[str], unk: bool = True, eot: bool = False):
@@ -41,18 +41,6 @@ class CharTokenizer(Tokenizer):
             counts.update(t)
         return cls(sorted(c for c, n in counts.items() if n >= min_freq), unk=unk, eot=eot)
 
-    @property
-    def n_vocab(self) -> int:
-        return len(self._bytes)
-
-    @property
-    def eot_token(self) -> int | None:
-        return self._eot
-
-    @property
-    def special_tokens(self) -> dict[str, int]:
-        return {} if self._eot is None else {ENDOFTEXT: self._eot}
-
     def encode_ordinary(self, text: str) -> list[int]:
         stoi, unk = self.stoi, self.unk_token
         if unk is None:
@@ -61,18 +49,6 @@ class CharTokenizer(Tokenizer):
             except KeyError as e:
                 raise GPT2KitError(f"character {e.args[0]!r} is not in this char vocabulary (it has no unknown token)") from None
         return [stoi.get(c, unk) for c in text]
-
-    def token_bytes(self, token: int) -> bytes:
-        self._check_id(token)
-        return self._bytes[token]
-
-    def decode(self, tokens, errors: str = "replace") -> str:
-        text = self._text
-        out = []
-        for t in tokens:
-            self._check_id(t)
-            out.append(text[t])
-        return "".join(out)
 
     def spec(self) -> dict:
         return {"chars": "".join(self.chars), "unk": self.unk_token is not None, "eot": self._eot is not None}

@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from ..errors import GPT2KitError
-from .base import Tokenizer
+from .base import TableTokenizer
 from .char import ENDOFTEXT, UNK_TEXT
 
 
@@ -89,7 +89,7 @@ def _count_parallel(texts: Iterable[str], hmm: bool, num_proc: int) -> tuple[Cou
     return words, chars
 
 
-class WordTokenizer(Tokenizer):
+class WordTokenizer(TableTokenizer):
     kind = "word"
 
     def __init__(self, words: list[str], unk: bool = True, eot: bool = False, hmm: bool = True):
@@ -116,18 +116,6 @@ class WordTokenizer(Tokenizer):
                 keep[c] = max(keep.get(c, 0), words.get(c, 0))
         return cls(sorted(keep, key=lambda w: (-keep[w], w)), unk=unk, eot=eot, hmm=hmm)
 
-    @property
-    def n_vocab(self) -> int:
-        return len(self._bytes)
-
-    @property
-    def eot_token(self) -> int | None:
-        return self._eot
-
-    @property
-    def special_tokens(self) -> dict[str, int]:
-        return {} if self._eot is None else {ENDOFTEXT: self._eot}
-
     def encode_ordinary(self, text: str) -> list[int]:
         stoi, unk = self.stoi, self.unk_token
         out: list[int] = []
@@ -142,18 +130,6 @@ class WordTokenizer(Tokenizer):
                     raise GPT2KitError(f"character {c!r} is not in this word vocabulary (it has no unknown token)")
                 out.append(i)
         return out
-
-    def token_bytes(self, token: int) -> bytes:
-        self._check_id(token)
-        return self._bytes[token]
-
-    def decode(self, tokens, errors: str = "replace") -> str:
-        text = self._text
-        out = []
-        for t in tokens:
-            self._check_id(t)
-            out.append(text[t])
-        return "".join(out)
 
     def spec(self) -> dict:
         return {"unk": self.unk_token is not None, "eot": self._eot is not None, "hmm": self.hmm, "words": self.words}
