@@ -132,7 +132,7 @@ def init_model(cfg: TrainConfig, n_vocab: int) -> GPT:
     pre = load_model(cfg.init_from)
     if pre.config.vocab_size != n_vocab:
         raise GPT2KitError(f"{cfg.init_from} has a vocabulary of {pre.config.vocab_size} but the data has {n_vocab}; prepare the data with --tokenizer gpt2")
-    sd = {k: v for k, v in pre.state_dict().items() if k != "lm_head.weight"}
+    sd = {k: v.contiguous() for k, v in pre.state_dict().items() if k != "lm_head.weight"}  # row-major for training
     model = build_model(replace(pre.config, dropout=cfg.dropout), sd, source=cfg.init_from)
     if cfg.block_size < model.config.block_size:
         model.crop_block_size(cfg.block_size)

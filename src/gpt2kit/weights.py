@@ -61,8 +61,14 @@ def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return out
 
 
-def build_model(config: GPTConfig, sd: dict[str, torch.Tensor], source: str = "checkpoint") -> GPT:
-    """A GPT whose parameters are exactly `sd` (gpt2kit keys), with every shape checked."""
+def build_model(config: GPTConfig, sd: dict[str, torch.Tensor], source: str = "checkpoint", column_major: bool = False) -> GPT:
+    """A GPT whose parameters are exactly `sd` (gpt2kit keys), with every shape checked.
+
+    column_major stores each matmul weight (in, out) in memory, same shape and values:
+    F.linear(x, W) multiplies by W^T, and when W^T is the contiguous tensor MKL takes its
+    non-transposed kernels, which decode faster here (the 50257-row head: 4.4 -> 3.5 ms at
+    batch 1, 16 -> 8 ms at batch 8). load_model uses it; training builds row-major models.
+    """
     with torch.device("meta"):
         model = GPT(config)
     expected = {k: v.shape for k, v in model.state_dict().items() if k != "lm_head.weight"}
@@ -70,10 +76,16 @@ def build_model(config: GPTConfig, sd: dict[str, torch.Tensor], source: str = "c
     unexpected = sorted(set(sd) - set(expected))
     if missing or unexpected:
         raise GPT2KitError(f"{source}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]}); is the config.json from the same model?")
+    if column_major:  # in place, one tensor at a time, so each original is freed after its copy
+        for k in list(sd):
+            if k.endswith(".weight") and sd[k].dim() == 2 and k != "transformer.wpe.weight":
+                sd[k] = sd[k].t().contiguous().t()
     V, Vp = config.vocab_size, config.padded_vocab_size
     wte = sd["transformer.wte.weight"]
     if wte.shape[0] == V and Vp != V:  # pad rows for speed; they are sliced off the logits
         wte = torch.cat([wte, wte.new_zeros(Vp - V, wte.shape[1])])
+        if column_major:
+            wte = wte.t().contiguous().t()
     sd = {**sd, "transformer.wte.weight": wte}
     for k, shape in expected.items():
         if sd[k].shape != shape:
@@ -89,7 +101,7 @@ def read_safetensors(path: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     try:
-        return load_file(path)
+        return load_file(path, backend="pread")  # one allocation per tensor: build_model can free each after its copy
     except FileNotFoundError:
         raise GPT2KitError(f"weights file not found: {path}") from None
     except Exception as e:  # safetensors raises its own error type for truncated/corrupt headers
@@ -114,7 +126,7 @@ def load_hf_dir(path: str) -> GPT:
         sd = read_torch_bin(binf)
     else:
         raise GPT2KitError(f"no weights in {path}: expected model.safetensors or pytorch_model.bin")
-    return build_model(cfg, from_hf_state_dict(sd), source=path)
+    return build_model(cfg, from_hf_state_dict(sd), source=path, column_major=True)
 
 
 def load_checkpoint_dir(path: str) -> GPT:
@@ -122,7 +134,7 @@ def load_checkpoint_dir(path: str) -> GPT:
     if meta.get("gpt2kit_version", 0) > FORMAT_VERSION:
         raise GPT2KitError(f"{path} was written by a newer gpt2kit (format {meta['gpt2kit_version']}); upgrade gpt2kit")
     cfg = GPTConfig.from_dict(meta["model"])
-    return build_model(cfg, read_safetensors(os.path.join(path, "model.safetensors")), source=path)
+    return build_model(cfg, read_safetensors(os.path.join(path, "model.safetensors")), source=path, column_major=True)
 
 
 def is_checkpoint_dir(path: str) -> bool:
