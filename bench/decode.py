@@ -57,7 +57,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     hf = GPT2LMHeadModel(GPT2Config()).eval()
-    fp32 = build_model(GPTConfig.from_hf(hf.config.to_dict()), from_hf_state_dict({k: v.clone() for k, v in hf.state_dict().items()}))
+    fp32 = build_model(GPTConfig.from_hf(hf.config.to_dict()), from_hf_state_dict({k: v.clone() for k, v in hf.state_dict().items()}), column_major=True)  # as load_model builds it
     bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
     int8 = quantize_int8(copy.deepcopy(fp32))
     weight_bytes = sum(p.numel() * 4 for p in fp32.parameters())

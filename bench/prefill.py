@@ -26,7 +26,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     hf = GPT2LMHeadModel(GPT2Config()).eval()
-    ours = build_model(GPTConfig.from_hf(hf.config.to_dict()), from_hf_state_dict({k: v.clone() for k, v in hf.state_dict().items()}))
+    ours = build_model(GPTConfig.from_hf(hf.config.to_dict()), from_hf_state_dict({k: v.clone() for k, v in hf.state_dict().items()}), column_major=True)  # as load_model builds it
     idx = torch.randint(0, 50257, (1, args.tokens), generator=torch.Generator().manual_seed(1))
 
     def run_hf():
