@@ -52,14 +52,13 @@ def main() -> None:
 
     import gpt2kit
     from gpt2kit.config import GPTConfig
-    from gpt2kit.quantize import quantize_int8
-    from gpt2kit.weights import build_model, from_hf_state_dict
+    from gpt2kit.weights import build_model, from_hf_state_dict, to_dtype
 
     torch.manual_seed(0)
     hf = GPT2LMHeadModel(GPT2Config()).eval()
     fp32 = build_model(GPTConfig.from_hf(hf.config.to_dict()), from_hf_state_dict({k: v.clone() for k, v in hf.state_dict().items()}), column_major=True)  # as load_model builds it
-    bf16 = copy.deepcopy(fp32).to(torch.bfloat16)
-    int8 = quantize_int8(copy.deepcopy(fp32))
+    bf16 = to_dtype(copy.deepcopy(fp32), "bfloat16")  # as load_model(dtype=...) casts
+    int8 = to_dtype(copy.deepcopy(fp32), "int8")
     weight_bytes = sum(p.numel() * 4 for p in fp32.parameters())
     N = args.new_tokens
     prompt = torch.randint(0, 50257, (1, 32), generator=torch.Generator().manual_seed(1))

@@ -168,18 +168,28 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
 def load_model(name_or_path: str | os.PathLike = "gpt2", *, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu") -> GPT:
     """GPT-2 from a hub name, an HF-format directory, or a gpt2kit checkpoint directory.
 
-    dtype: float32 (default), bfloat16, float16, or "int8" (weight-only, for CPU inference).
+    dtype: float32 (default), bfloat16, float16, or "int8" (int8 weights, CPU inference only).
     """
     path = resolve_model_path(name_or_path)
     if not os.path.exists(os.path.join(path, "config.json")):
         raise GPT2KitError(f"{path} holds no config.json; is it a model directory (a gpt2kit checkpoint or an HF GPT-2 folder)?")
     if isinstance(dtype, str) and dtype not in DTYPES and dtype != "int8":
         raise GPT2KitError(f"unknown dtype {dtype!r}; use float32, bfloat16, float16 or int8")
+    if dtype == "int8" and torch.device(device).type != "cpu":
+        raise GPT2KitError("int8 weights run on the CPU only; use --dtype bfloat16 on a GPU")
     model = load_checkpoint_dir(path) if is_checkpoint_dir(path) else load_hf_dir(path)
+    return to_dtype(model, dtype).to(device)
+
+
+def to_dtype(model: GPT, dtype: torch.dtype | str | None) -> GPT:
+    """Cast a loaded model for inference: float32 (None), bfloat16, float16, or "int8" (CPU)."""
+    if dtype is None or dtype in ("float32", "fp32", torch.float32):
+        return model
     if dtype == "int8":
         from .quantize import quantize_int8
 
-        return quantize_int8(model).to(device)
-    if isinstance(dtype, str):
-        dtype = DTYPES[dtype]
-    return model.to(device=device, dtype=dtype) if dtype is not None else model.to(device)
+        return quantize_int8(model)
+    model = model.to(DTYPES[dtype] if isinstance(dtype, str) else dtype)
+    for p in model.parameters():  # half-precision GEMV is faster row-major here (column-major helps fp32 only)
+        p.data = p.data.contiguous()
+    return model
