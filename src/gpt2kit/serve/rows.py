@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..generation import TextStreamer
-from ..sampling import SamplingParams, apply_repetition_penalty, filter_logits
+from ..sampling import SamplingParams, apply_repetition_penalty, filter_logits, inverse_cdf
 
 
 @dataclass
@@ -92,7 +91,6 @@ class Row:
         return start
 
 
-BLOCK = 256  # tokens per block in the two-level inverse-CDF search
 
 
 def sample_rows(logits: torch.Tensor, rows: list[Row], params: SamplingParams) -> list[int]:
@@ -113,33 +111,6 @@ def sample_rows(logits: torch.Tensor, rows: list[Row], params: SamplingParams) -
     probs = torch.softmax(logits, dim=-1)  # (b, V), one fused pass
     u = torch.cat([torch.rand(1, generator=r.generator, device=probs.device) for r in rows])  # (b,)
     return inverse_cdf(probs, u).tolist()
-
-
-def inverse_cdf(w: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """The first index where cumsum(w) exceeds u * sum(w), per row: w (b, V) >= 0, u (b,) in [0, 1).
-
-    Two levels (block sums, then one block) instead of a cumsum over all V: far less work per
-    step. Tokens of zero weight are never returned, even when rounding pushes the target to the end.
-    """
-    b, V = w.shape
-    nb = -(-V // BLOCK)
-    blocks = (w if V == nb * BLOCK else F.pad(w, (0, nb * BLOCK - V))).view(b, nb, BLOCK)  # (b, nb, BLOCK)
-    mass = blocks.sum(-1)  # (b, nb)
-    cum = mass.cumsum(-1)  # (b, nb)
-    target = u * cum[:, -1]  # (b,)
-    last_block = _last_positive(mass)  # (b,)
-    blk = torch.minimum(torch.searchsorted(cum, target[:, None], right=True)[:, 0], last_block)  # (b,)
-    rows = torch.arange(b, device=w.device)
-    rest = target - (cum[rows, blk] - mass[rows, blk])  # mass still to cover inside the block
-    inner = blocks[rows, blk]  # (b, BLOCK)
-    j = torch.searchsorted(inner.cumsum(-1), rest[:, None], right=True)[:, 0]  # (b,)
-    return blk * BLOCK + torch.minimum(j, _last_positive(inner))
-
-
-def _last_positive(x: torch.Tensor) -> torch.Tensor:
-    """Index of the last entry > 0 in each row of x (b, n)."""
-    ar = torch.arange(x.shape[1], device=x.device)
-    return torch.where(x > 0, ar, -1).max(dim=-1).values
 
 
 def top_logprobs(logits: torch.Tensor, chosen: torch.Tensor, n: int) -> tuple[list[float], list[list[tuple[int, float]]]]:

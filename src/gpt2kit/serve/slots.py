@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..sampling import BLOCK
 from ..model import GPT, KVCache
 
 
@@ -25,7 +26,7 @@ class SlotCache(KVCache):
         self.pos = 0
 
 
-LOGIT_PAD = 256  # logits rows are padded to a multiple of this with -inf (the sampler works in blocks)
+LOGIT_PAD = BLOCK  # logits rows are padded to a multiple of the sampler's block with -inf
 
 
 class SlotPool:
