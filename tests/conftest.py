@@ -55,3 +55,54 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+def run_cli(*args, input=None, timeout=300, env=None, cwd=None):
+    """Run `python -m gpt2kit ARGS` in a subprocess; returns the CompletedProcess (text mode)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "gpt2kit", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, input=input, env=env, cwd=cwd)
+
+
+def assert_one_line_error(r, needle: str = "", code: int = 2):
+    """The CLI's contract for bad input: exit `code`, one line on stderr naming the problem, no traceback."""
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == code, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr and len(lines) == 1, r.stderr[-2000:]
+    assert needle.lower() in lines[0].lower(), (needle, lines[0])
+
+
+def _tmpfs(path: Path, options: str):
+    """Mount a tmpfs at `path` (root only; tests skip elsewhere). Root ignores chmod, so a read-only or
+    full file system has to be a real mount."""
+    import subprocess
+
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0:
+        pytest.skip("needs root to mount a tmpfs (root ignores file modes, so only a mount is read-only or full)")
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+    return path
+
+
+@pytest.fixture
+def readonly_dir(tmp_path):
+    """An empty directory on a read-only file system (writes fail with EROFS, even for root)."""
+    import subprocess
+
+    d = _tmpfs(tmp_path / "ro", "ro,size=1m")
+    yield d
+    subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+@pytest.fixture
+def full_disk_dir(tmp_path):
+    """An empty directory on a 64 KiB file system: any real write fails with ENOSPC."""
+    import subprocess
+
+    d = _tmpfs(tmp_path / "full", "size=64k")
+    yield d
+    subprocess.run(["umount", "-l", str(d)], check=False)
