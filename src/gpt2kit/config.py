@@ -2,9 +2,15 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 from .errors import GPT2KitError
+
+# Upper bounds far above gpt2-xl (48 layers, 25 heads, 1600 wide, 1024 context, 50257 tokens), so that
+# a mistyped or hostile config.json is refused before anything is built or allocated.
+LIMITS = {"block_size": 1 << 20, "vocab_size": 1 << 24, "n_layer": 1024, "n_head": 1024, "n_embd": 1 << 16, "pad_vocab_multiple": 1 << 16}
+MAX_PARAMS = 1 << 37  # ~137e9 parameters (512 GiB in float32); gpt2-xl has 1.6e9
 
 
 @dataclass
@@ -23,16 +29,29 @@ class GPTConfig:
     pad_vocab_multiple: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("block_size", "vocab_size", "n_layer", "n_head", "n_embd", "pad_vocab_multiple"):
+        for name, limit in LIMITS.items():
             v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise GPT2KitError(f"config {name} must be a positive integer, got {v!r}")
+            if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= limit:
+                raise GPT2KitError(f"config {name} must be an integer in 1..{limit}, got {v!r}")
         if self.n_embd % self.n_head:
             raise GPT2KitError(
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); pick e.g. n_head={_divisor(self.n_embd, self.n_head)}"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise GPT2KitError(f"dropout must be in [0, 1), got {self.dropout}")
+        if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
+            raise GPT2KitError(f"config dropout must be a number in [0, 1), got {self.dropout!r}")
+        if not _is_number(self.layer_norm_epsilon) or not 0.0 < self.layer_norm_epsilon < 1.0:
+            raise GPT2KitError(f"config layer_norm_epsilon must be a number in (0, 1), got {self.layer_norm_epsilon!r}")
+        if not isinstance(self.bias, bool):
+            raise GPT2KitError(f"config bias must be true or false, got {self.bias!r}")
+        if self.n_params > MAX_PARAMS:
+            raise GPT2KitError(f"config describes {self.n_params:,} parameters, over the {MAX_PARAMS:,} gpt2kit builds; use smaller n_layer / n_embd / vocab_size")
+
+    @property
+    def n_params(self) -> int:
+        """Parameters the model holds (the tied head counted once): sized before anything is allocated."""
+        C, b = self.n_embd, int(self.bias)
+        block = 12 * C * C + b * 9 * C + (2 + 2 * b) * C  # attn 4C^2, mlp 8C^2, their biases, two LayerNorms
+        return (self.padded_vocab_size + self.block_size) * C + self.n_layer * block + (1 + b) * C
 
     @property
     def padded_vocab_size(self) -> int:
@@ -57,6 +76,9 @@ class GPTConfig:
     @classmethod
     def from_hf(cls, d: dict) -> "GPTConfig":
         """Map a transformers GPT2Config dict onto ours."""
+        missing = [k for k in ("vocab_size", "n_layer", "n_head", "n_embd") if k not in d]
+        if missing:
+            raise GPT2KitError(f"HF GPT-2 config lacks {missing}; copy config.json from the same model")
         act = d.get("activation_function", "gelu_new")
         if act not in ("gelu_new", "gelu_pytorch_tanh"):
             raise GPT2KitError(f"unsupported activation_function {act!r}: GPT-2 uses the tanh GELU ('gelu_new')")
@@ -92,6 +114,10 @@ class GPTConfig:
             "scale_attn_weights": True,
             "use_cache": True,
         }
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _divisor(n: int, near: int) -> int:

@@ -23,12 +23,11 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .checkpoint import TRANSPOSED, gpt2kit_key, read_model_dir, read_safetensors
 from .config import GPTConfig
 from .errors import GPT2KitError
-from .fileio import read_json
 from .hub import resolve_model_path
 
-FORMAT_VERSION = 1  # gpt2kit checkpoint format this reader knows (weights.FORMAT_VERSION; that module imports torch)
 GELU_C = math.sqrt(2 / math.pi)  # a Python float, so float32 arrays stay float32
 
 
@@ -224,17 +223,12 @@ class NumpyGPT2(NamedTuple):
     config: GPTConfig
 
 
-# Matrices gpt2kit stores as nn.Linear (out, in); HF's Conv1D stores them (in, out) already.
-LINEAR_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-HF_IGNORED = (".attn.bias", ".attn.masked_bias", "lm_head.weight")  # causal-mask buffers; the tied head (the dots keep c_attn.bias)
-
-
 def params_from_state_dict(sd: dict[str, np.ndarray], config: GPTConfig, *, linear_out_in: bool, source: str = "state dict") -> dict:
     """picoGPT's nested params from GPT-2 key names (with or without 'transformer.'), shape-checked.
 
-    linear_out_in: matrices are stored (out, in) (gpt2kit / nn.Linear) and get transposed.
+    linear_out_in: the TRANSPOSED matrices are stored (out, in) (gpt2kit / nn.Linear) and get transposed.
     """
-    sd = {k.removeprefix("transformer."): v for k, v in sd.items() if not k.endswith(HF_IGNORED)}
+    sd = {key.removeprefix("transformer."): v for k, v in sd.items() if (key := gpt2kit_key(k)) is not None}
     C, V = config.n_embd, config.vocab_size
     used = set()
 
@@ -247,7 +241,7 @@ def params_from_state_dict(sd: dict[str, np.ndarray], config: GPTConfig, *, line
             raise GPT2KitError(f"{source}: weight {name} is missing; is the config.json from the same model?")
         used.add(name)
         a = sd[name]
-        if linear_out_in and name.endswith(LINEAR_WEIGHTS):
+        if linear_out_in and name.endswith(TRANSPOSED):
             a = a.T  # (out, in) -> (in, out): a view, no copy; BLAS reads the transposed layout as fast
         if name == "wte.weight" and a.shape[0] >= V:
             a = a[:V]  # padded rows only speed up torch matmuls; dropping them keeps every id < vocab_size
@@ -283,37 +277,12 @@ def params_from_state_dict(sd: dict[str, np.ndarray], config: GPTConfig, *, line
     return params
 
 
-def read_safetensors(path: str) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file
-
-    try:
-        try:
-            return load_file(path, backend="pread")  # read into the arrays: no mmap of the file beside them (half the peak RSS)
-        except TypeError:  # safetensors < 0.8 has no backend choice
-            return load_file(path)
-    except FileNotFoundError:
-        raise GPT2KitError(f"weights file not found: {path}") from None
-    except Exception as e:  # truncated or corrupt header, or a dtype NumPy lacks (bfloat16)
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise GPT2KitError(f"cannot read {path} into NumPy: {msg}; re-save it as float32 safetensors or use --backend torch") from None
-
-
 def load(name_or_path: str | os.PathLike = "gpt2") -> NumpyGPT2:
     """(params, config) from a hub name (HF cache), an HF GPT-2 directory or a gpt2kit checkpoint directory."""
-    path = resolve_model_path(name_or_path)
-    meta = read_json(os.path.join(path, "config.json"), "model config")
-    if "gpt2kit_version" in meta:
-        if meta["gpt2kit_version"] > FORMAT_VERSION:
-            raise GPT2KitError(f"{path} was written by a newer gpt2kit (format {meta['gpt2kit_version']}); upgrade gpt2kit")
-        config, linear_out_in = GPTConfig.from_dict(meta["model"]), True
-    elif meta.get("model_type") == "gpt2":
-        config, linear_out_in = GPTConfig.from_hf(meta), False
-    else:
-        raise GPT2KitError(f"{path}/config.json is neither a gpt2kit checkpoint nor an HF GPT-2 config (model_type 'gpt2')")
-    weights = os.path.join(path, "model.safetensors")
-    if not os.path.exists(weights):
-        raise GPT2KitError(f"no model.safetensors in {path}; the NumPy backend reads safetensors only (use --backend torch for pytorch_model.bin)")
-    return NumpyGPT2(params_from_state_dict(read_safetensors(weights), config, linear_out_in=linear_out_in, source=path), config)
+    d = read_model_dir(resolve_model_path(name_or_path))
+    if not os.path.exists(d.weights):
+        raise GPT2KitError(f"no model.safetensors in {d.path}; the NumPy backend reads safetensors only (use --backend torch for pytorch_model.bin)")
+    return NumpyGPT2(params_from_state_dict(read_safetensors(d.weights), d.config, linear_out_in=not d.hf, source=d.path), d.config)
 
 
 # -- the script ----------------------------------------------------------------------------------

@@ -1,13 +1,8 @@
-"""Loading and saving weights: HF GPT-2 directories, the HF hub cache, and gpt2kit checkpoints.
+"""Loading and saving weights in torch: HF GPT-2 directories, the HF hub cache, and gpt2kit checkpoints.
 
-Loading is a shape-checked key copy. HF's GPT-2 uses Conv1D, which stores (in, out), so
-the weights in TRANSPOSED are transposed into nn.Linear's (out, in); everything else is
-copied as is. A gpt2kit checkpoint directory holds:
-
-    config.json         {"gpt2kit_version": 1, "model": GPTConfig fields}
-    model.safetensors   gpt2kit key names; the tied lm_head is stored once (as wte)
-    tokenizer/          the tokenizer's own files (tokenizer.json, ...)
-    meta.json           optional free-form metadata (training run, source, ...)
+The format itself (files, key names, which HF weights are transposed, config checks) lives in
+the torch-free checkpoint.py. Loading is a shape-checked key copy: HF's Conv1D matrices
+(in, out) are transposed into nn.Linear's (out, in); everything else is copied as is.
 """
 from __future__ import annotations
 
@@ -15,15 +10,14 @@ import os
 
 import torch
 
+from . import checkpoint
+from .checkpoint import FORMAT_VERSION, TRANSPOSED, WEIGHTS_FILE, ModelDir, gpt2kit_key, read_model_dir
+from .checkpoint import is_checkpoint_dir  # noqa: F401  (re-exported)
 from .config import GPTConfig
 from .errors import GPT2KitError
-from .fileio import atomic_path, read_json, write_json_atomic
+from .fileio import atomic_path, write_json_atomic
 from .hub import HUB_FILES, download, hub_repo, resolve_model_path  # noqa: F401  (re-exported; torch-free home)
 from .model import GPT
-
-FORMAT_VERSION = 1
-TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
-HF_IGNORED = (".attn.bias", ".attn.masked_bias", "lm_head.weight")  # causal-mask buffers; the tied head (the dots keep c_attn.bias)
 
 
 # -- state-dict mapping ---------------------------------------------------------------------
@@ -37,12 +31,12 @@ def from_hf_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     out = {}
     for k in list(sd):
         v = sd.pop(k)
-        name = k.removeprefix("transformer.")
-        if name.endswith(HF_IGNORED):
+        name = gpt2kit_key(k)
+        if name is None:
             continue
         if name.endswith(TRANSPOSED):
             v = v.t().contiguous()
-        out["transformer." + name] = v
+        out[name] = v
     return out
 
 
@@ -72,6 +66,9 @@ def build_model(config: GPTConfig, sd: dict[str, torch.Tensor], source: str = "c
     with torch.device("meta"):
         model = GPT(config)
     expected = {k: v.shape for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    ints = [k for k, v in sd.items() if not v.is_floating_point()]
+    if ints:
+        raise GPT2KitError(f"{source}: weight {ints[0]} is stored as {sd[ints[0]].dtype}, not a float type; re-save the model with float weights")
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
     if missing or unexpected:
@@ -98,15 +95,7 @@ def build_model(config: GPTConfig, sd: dict[str, torch.Tensor], source: str = "c
 # -- files ----------------------------------------------------------------------------------
 
 def read_safetensors(path: str) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(path, backend="pread")  # one allocation per tensor: build_model can free each after its copy
-    except FileNotFoundError:
-        raise GPT2KitError(f"weights file not found: {path}") from None
-    except Exception as e:  # safetensors raises its own error type for truncated/corrupt headers
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise GPT2KitError(f"cannot read {path}: {msg}; the file is truncated or corrupt, re-download or re-save it") from None
+    return checkpoint.read_safetensors(path, "torch")
 
 
 def read_torch_bin(path: str) -> dict[str, torch.Tensor]:
@@ -117,29 +106,22 @@ def read_torch_bin(path: str) -> dict[str, torch.Tensor]:
         raise GPT2KitError(f"cannot read {path}: {msg}; the file is truncated, corrupt or not a plain state dict") from None
 
 
-def load_hf_dir(path: str) -> GPT:
-    cfg = GPTConfig.from_hf(read_json(os.path.join(path, "config.json"), "HF config"))
-    st, binf = os.path.join(path, "model.safetensors"), os.path.join(path, "pytorch_model.bin")
-    if os.path.exists(st):
-        sd = read_safetensors(st)
+def load_dir(d: ModelDir) -> GPT:
+    """Build the model of a checked model directory (gpt2kit checkpoint or HF GPT-2 folder)."""
+    if not d.hf:
+        return build_model(d.config, read_safetensors(d.weights), source=d.path, column_major=True)
+    binf = os.path.join(d.path, "pytorch_model.bin")
+    if os.path.exists(d.weights):
+        sd = read_safetensors(d.weights)
     elif os.path.exists(binf):
         sd = read_torch_bin(binf)
     else:
-        raise GPT2KitError(f"no weights in {path}: expected model.safetensors or pytorch_model.bin")
-    return build_model(cfg, from_hf_state_dict(sd), source=path, column_major=True)
+        raise GPT2KitError(f"no weights in {d.path}: expected {WEIGHTS_FILE} or pytorch_model.bin")
+    return build_model(d.config, from_hf_state_dict(sd), source=d.path, column_major=True)
 
 
-def load_checkpoint_dir(path: str) -> GPT:
-    meta = read_json(os.path.join(path, "config.json"), "checkpoint config")
-    if meta.get("gpt2kit_version", 0) > FORMAT_VERSION:
-        raise GPT2KitError(f"{path} was written by a newer gpt2kit (format {meta['gpt2kit_version']}); upgrade gpt2kit")
-    cfg = GPTConfig.from_dict(meta["model"])
-    return build_model(cfg, read_safetensors(os.path.join(path, "model.safetensors")), source=path, column_major=True)
-
-
-def is_checkpoint_dir(path: str) -> bool:
-    p = os.path.join(path, "config.json")
-    return os.path.isfile(p) and "gpt2kit_version" in read_json(p, "config")
+def load_hf_dir(path: str) -> GPT:
+    return load_dir(read_model_dir(path))
 
 
 def save_model(model: GPT, directory: str | os.PathLike, tokenizer=None, meta: dict | None = None) -> None:
@@ -171,13 +153,11 @@ def load_model(name_or_path: str | os.PathLike = "gpt2", *, dtype: torch.dtype |
     dtype: float32 (default), bfloat16, float16, or "int8" (int8 weights, CPU inference only).
     """
     path = resolve_model_path(name_or_path)
-    if not os.path.exists(os.path.join(path, "config.json")):
-        raise GPT2KitError(f"{path} holds no config.json; is it a model directory (a gpt2kit checkpoint or an HF GPT-2 folder)?")
     if isinstance(dtype, str) and dtype not in DTYPES and dtype != "int8":
         raise GPT2KitError(f"unknown dtype {dtype!r}; use float32, bfloat16, float16 or int8")
     if dtype == "int8" and torch.device(device).type != "cpu":
         raise GPT2KitError("int8 weights run on the CPU only; use --dtype bfloat16 on a GPU")
-    model = load_checkpoint_dir(path) if is_checkpoint_dir(path) else load_hf_dir(path)
+    model = load_dir(read_model_dir(path))
     return to_dtype(model, dtype).to(device)
 
 

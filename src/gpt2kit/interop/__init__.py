@@ -22,7 +22,7 @@ def detect_format(path: str) -> str:
         raise GPT2KitError(f"not found: {path}")
     if os.path.isdir(path):
         if os.path.exists(os.path.join(path, "config.json")):
-            from ..weights import is_checkpoint_dir
+            from ..checkpoint import is_checkpoint_dir
 
             return "gpt2kit" if is_checkpoint_dir(path) else "hf"
         if tf_checkpoint.is_tf_checkpoint(path):
