@@ -19,10 +19,18 @@ def atomic_path(path: str | os.PathLike):
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, _new_file_mode())  # some writers (safetensors) create their file 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _new_file_mode() -> int:
+    """The mode open() gives a new file: 0o666 less the umask (read by setting it and setting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def write_json_atomic(path: str | os.PathLike, obj) -> None:
