@@ -17,8 +17,10 @@ SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/da
 NAMES = ("python-stdlib", "shakespeare")
 
 
-def cache_dir() -> str:
-    return os.environ.get("GPT2KIT_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "gpt2kit"))
+def cache_dir(sub: str = "") -> str:
+    """gpt2kit's download cache ($GPT2KIT_CACHE, else ~/.cache/gpt2kit), or a folder of it."""
+    base = os.environ.get("GPT2KIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "gpt2kit")
+    return os.path.join(base, sub) if sub else base
 
 
 def python_stdlib_files() -> list[str]:

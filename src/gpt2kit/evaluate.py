@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .corpora import cache_dir
 from .errors import GPT2KitError
 from .fileio import atomic_path, write_json_atomic
 
@@ -49,18 +50,13 @@ def _bar(iterable=None, total=None, desc="", progress=True):
 
 # -- data ------------------------------------------------------------------------------------
 
-def cache_dir() -> str:
-    base = os.environ.get("GPT2KIT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "gpt2kit")
-    return os.path.join(base, "eval")
-
-
 def fetch_dataset(task: str, progress: bool = True) -> str:
-    """Local path of a task's published data file, downloaded once into cache_dir()."""
+    """Local path of a task's published data file, downloaded once into cache_dir("eval")."""
     url, name = DATASETS[task]
-    path = os.path.join(cache_dir(), name)
+    path = os.path.join(cache_dir("eval"), name)
     if os.path.exists(path):
         return path
-    os.makedirs(cache_dir(), exist_ok=True)
+    os.makedirs(cache_dir("eval"), exist_ok=True)
     try:
         with urllib.request.urlopen(url, timeout=30) as r, atomic_path(path) as tmp, open(tmp, "wb") as f:
             total = int(r.headers.get("Content-Length") or 0) or None

@@ -15,6 +15,12 @@ from ..errors import GPT2KitError
 from ..fileio import write_json_atomic
 
 SPEC_FILE = "tokenizer.json"
+ENDOFTEXT = "<|endoftext|>"  # GPT-2's end-of-document token text; every kind that has one uses it
+
+
+def replace_surrogates(text: str) -> str:
+    """Lone surrogates cannot be UTF-8 encoded (nor cross into Rust); like tiktoken, they become U+FFFD."""
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 class Tokenizer(ABC):
@@ -183,4 +189,4 @@ class TableTokenizer(Tokenizer):
 
     @property
     def special_tokens(self) -> dict[str, int]:
-        return {} if self._eot is None else {"<|endoftext|>": self._eot}
+        return {} if self._eot is None else {ENDOFTEXT: self._eot}

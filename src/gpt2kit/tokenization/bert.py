@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from ..errors import GPT2KitError
 from ..fileio import atomic_path
-from .base import Tokenizer
+from .base import Tokenizer, replace_surrogates
 from .char import UNK_TEXT
 
 VOCAB_FILE = "vocab.txt"
@@ -69,10 +69,6 @@ def read_vocab(path: str | os.PathLike) -> str:
     except UnicodeDecodeError:
         raise GPT2KitError(f"{path} is not UTF-8 text; a BERT vocab.txt has one UTF-8 token per line") from None
     return raw
-
-
-def _clean(text: str) -> str:
-    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 class BertTokenizer(Tokenizer):
@@ -126,7 +122,7 @@ class BertTokenizer(Tokenizer):
         return dict(self._specials)
 
     def encode_ordinary(self, text: str) -> list[int]:
-        text = _clean(text)
+        text = replace_surrogates(text)
         enc = self._hf.encode(text, add_special_tokens=False)
         if self._sep is None or "\n" not in text:
             return enc.ids
@@ -166,7 +162,7 @@ class BertTokenizer(Tokenizer):
 
     def pieces(self, text: str) -> list[str]:
         """BERT's words before WordPiece (after normalization)."""
-        normalized = self._hf.normalizer.normalize_str(_clean(text))
+        normalized = self._hf.normalizer.normalize_str(replace_surrogates(text))
         return [w for w, _ in self._hf.pre_tokenizer.pre_tokenize_str(normalized)]
 
     def spec(self) -> dict:

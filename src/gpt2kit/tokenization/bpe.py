@@ -17,17 +17,11 @@ from collections.abc import Sequence
 
 from ..errors import GPT2KitError
 from ..fileio import atomic_path
-from .base import SPEC_FILE, Tokenizer
+from .base import ENDOFTEXT, SPEC_FILE, Tokenizer, replace_surrogates
 from .corpus import read_text_files
 from .gpt2 import bytes_to_unicode
 
-ENDOFTEXT = "<|endoftext|>"
 HF_FILE = "hf_tokenizer.json"
-
-
-def _clean(text: str) -> str:
-    # Lone surrogates cannot cross into Rust as UTF-8; like tiktoken, they become U+FFFD.
-    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def _new_hf_tokenizer():
@@ -101,10 +95,10 @@ class BPETokenizer(Tokenizer):
         return {ENDOFTEXT: self._eot}
 
     def encode_ordinary(self, text: str) -> list[int]:
-        return self._hf.encode(_clean(text), add_special_tokens=False).ids
+        return self._hf.encode(replace_surrogates(text), add_special_tokens=False).ids
 
     def encode_ordinary_batch(self, texts: Sequence[str], **_kw) -> list[list[int]]:
-        return [e.ids for e in self._hf.encode_batch([_clean(t) for t in texts], add_special_tokens=False)]
+        return [e.ids for e in self._hf.encode_batch([replace_surrogates(t) for t in texts], add_special_tokens=False)]
 
     def token_bytes(self, token: int) -> bytes:
         self._check_id(token)
@@ -115,7 +109,7 @@ class BPETokenizer(Tokenizer):
         from tokenizers import pre_tokenizers
 
         splitter = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-        text = _clean(text)
+        text = replace_surrogates(text)
         return [text[a:b] for _, (a, b) in splitter.pre_tokenize_str(text)]
 
     def spec(self) -> dict:

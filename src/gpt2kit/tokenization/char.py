@@ -12,10 +12,9 @@ from collections import Counter
 from collections.abc import Iterable
 
 from ..errors import GPT2KitError
-from .base import TableTokenizer
+from .base import ENDOFTEXT, TableTokenizer
 
 UNK_TEXT = "\ufffd"
-ENDOFTEXT = "<|endoftext|>"
 
 
 class CharTokenizer(TableTokenizer):

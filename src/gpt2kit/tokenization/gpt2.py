@@ -13,9 +13,8 @@ import os
 from collections.abc import Sequence
 
 from ..errors import GPT2KitError
-from .base import Tokenizer
+from .base import ENDOFTEXT, Tokenizer
 
-ENDOFTEXT = "<|endoftext|>"
 # tiktoken's r50k pattern: OpenAI's encoder.py regex with the contractions grouped.
 PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 ENCODER_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import regex
 
+from .base import replace_surrogates
 from .gpt2 import PAT_STR, bytes_to_unicode, load_encoder
 
 
@@ -58,13 +59,8 @@ class ReferenceBPE:
         merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
         return cls(model["vocab"], merges)
 
-    @staticmethod
-    def _clean(text: str) -> str:
-        # Lone surrogates cannot be UTF-8 encoded; like tiktoken, replace them with U+FFFD.
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-
     def pieces(self, text: str) -> list[str]:
-        return self.pat.findall(self._clean(text))
+        return self.pat.findall(replace_surrogates(text))
 
     def encode(self, text: str) -> list[int]:
         ids: list[int] = []
