@@ -31,6 +31,15 @@ LOADERS: dict[str, Callable[[dict, str], Tokenizer]] = {
     "bpe": BPETokenizer.from_spec,
     "bert": BertTokenizer.from_spec,
 }
+# kind -> {tokenizer.json field: type}, checked before loading; REQUIRED fields have no default
+SPEC_TYPES: dict[str, dict[str, type]] = {
+    "gpt2": {},
+    "char": {"chars": str, "unk": bool, "eot": bool},
+    "word": {"words": list, "unk": bool, "eot": bool, "hmm": bool},
+    "bpe": {"file": str},
+    "bert": {"file": str, "lowercase": bool},
+}
+REQUIRED = {"char": ("chars",), "word": ("words",)}
 # kind -> builder(texts, **options) for kinds whose vocabulary comes from the corpus
 BUILDERS: dict[str, Callable[..., Tokenizer]] = {
     "char": CharTokenizer.build,
@@ -75,11 +84,26 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
             return GPT2Tokenizer()  # an HF GPT-2 directory with GPT-2's own vocabulary
         else:
             raise GPT2KitError(f"no tokenizer in {directory}: expected {SPEC_FILE} or tokenizer/{SPEC_FILE}")
-    spec = read_json(os.path.join(directory, SPEC_FILE), "tokenizer spec")
+    path = os.path.join(directory, SPEC_FILE)
+    spec = read_json(path, "tokenizer spec")
+    if not isinstance(spec, dict):
+        raise GPT2KitError(f"{path} must hold a JSON object, not {type(spec).__name__}; restore it or re-save the tokenizer")
     kind = spec.pop("kind", None)
-    if kind not in LOADERS:
-        raise GPT2KitError(f"{directory}/{SPEC_FILE} names tokenizer kind {kind!r}; this gpt2kit knows {sorted(LOADERS)}")
+    if not isinstance(kind, str) or kind not in LOADERS:
+        raise GPT2KitError(f"{path} names tokenizer kind {kind!r}; this gpt2kit knows {sorted(LOADERS)}")
+    _check_spec(kind, spec, path)
     return LOADERS[kind](spec, directory)
+
+
+def _check_spec(kind: str, spec: dict, path: str) -> None:
+    fix = "restore it or re-create the tokenizer (gpt2kit tokenizer train, or gpt2kit prepare)"
+    for name in REQUIRED.get(kind, ()):
+        if name not in spec:
+            raise GPT2KitError(f"{path} lacks the field {name!r} that a {kind} tokenizer needs; {fix}")
+    for name, t in SPEC_TYPES[kind].items():
+        v = spec.get(name)
+        if name in spec and (not isinstance(v, t) or (isinstance(v, bool) and t is not bool)):
+            raise GPT2KitError(f"{path}: field {name!r} must be a {t.__name__}, got {v!r}; {fix}")
 
 
 def _is_hf_gpt2_dir(directory: str) -> bool:
