@@ -111,7 +111,7 @@ def _is_hf_gpt2_dir(directory: str) -> bool:
     if not os.path.exists(cfg):
         return False
     c = read_json(cfg, "config")
-    return c.get("model_type") == "gpt2" and c.get("vocab_size") == 50257
+    return isinstance(c, dict) and c.get("model_type") == "gpt2" and c.get("vocab_size") == 50257
 
 
 def build_tokenizer(spec: str, texts: Iterable[str], **options) -> Tokenizer:
