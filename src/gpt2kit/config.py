@@ -32,7 +32,7 @@ class GPTConfig:
         for name, limit in LIMITS.items():
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= limit:
-                raise GPT2KitError(f"config {name} must be an integer in 1..{limit}, got {v!r}")
+                raise GPT2KitError(f"config {name} must be a positive integer (at most {limit}), got {v!r}")
         if self.n_embd % self.n_head:
             raise GPT2KitError(
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); pick e.g. n_head={_divisor(self.n_embd, self.n_head)}"
