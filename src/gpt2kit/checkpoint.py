@@ -55,25 +55,26 @@ def read_model_dir(path: str) -> ModelDir:
     meta = read_json(file, "model config")
     if not isinstance(meta, dict):
         raise GPT2KitError(f"{file} must hold a JSON object, not {type(meta).__name__}; restore it or re-save the model")
+    hf = FORMAT_KEY not in meta
+    if hf and meta.get("model_type") != "gpt2":
+        raise GPT2KitError(f"{file} is neither a gpt2kit checkpoint ({FORMAT_KEY!r} key) nor an HF GPT-2 config (model_type 'gpt2')")
+    if not hf:
+        _check_version(meta[FORMAT_KEY], file)
+        if not isinstance(meta.get("model"), dict):
+            raise GPT2KitError(f"{file}: 'model' must be an object of model settings (n_layer, n_head, n_embd, ...), "
+                               f"got {meta.get('model')!r}; restore it or re-save the model")
     try:
-        if FORMAT_KEY in meta:
-            return ModelDir(path, _gpt2kit_config(meta), hf=False)
-        if meta.get("model_type") == "gpt2":
-            return ModelDir(path, GPTConfig.from_hf(meta), hf=True)
+        config = GPTConfig.from_hf(meta) if hf else GPTConfig.from_dict(meta["model"])
     except GPT2KitError as e:
         raise GPT2KitError(f"{file}: {e}; edit the file or re-save the model") from None
-    raise GPT2KitError(f"{file} is neither a gpt2kit checkpoint ({FORMAT_KEY!r} key) nor an HF GPT-2 config (model_type 'gpt2')")
+    return ModelDir(path, config, hf)
 
 
-def _gpt2kit_config(meta: dict) -> GPTConfig:
-    version, model = meta[FORMAT_KEY], meta.get("model")
+def _check_version(version, file: str) -> None:
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise GPT2KitError(f"{FORMAT_KEY} must be an integer >= 1, got {version!r}")
+        raise GPT2KitError(f"{file}: {FORMAT_KEY} must be an integer >= 1, got {version!r}; restore it or re-save the model")
     if version > FORMAT_VERSION:
-        raise GPT2KitError(f"written by a newer gpt2kit (format {version}, this one reads {FORMAT_VERSION}); upgrade gpt2kit")
-    if not isinstance(model, dict):
-        raise GPT2KitError(f"'model' must be an object of model settings (n_layer, n_head, n_embd, ...), got {model!r}")
-    return GPTConfig.from_dict(model)
+        raise GPT2KitError(f"{file} was written by a newer gpt2kit (format {version}, this one reads {FORMAT_VERSION}); upgrade gpt2kit")
 
 
 def is_checkpoint_dir(path: str) -> bool:

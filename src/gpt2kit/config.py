@@ -78,7 +78,7 @@ class GPTConfig:
         """Map a transformers GPT2Config dict onto ours."""
         missing = [k for k in ("vocab_size", "n_layer", "n_head", "n_embd") if k not in d]
         if missing:
-            raise GPT2KitError(f"HF GPT-2 config lacks {missing}; copy config.json from the same model")
+            raise GPT2KitError(f"HF GPT-2 config lacks {missing} (every GPT-2 config.json has them)")
         act = d.get("activation_function", "gelu_new")
         if act not in ("gelu_new", "gelu_pytorch_tanh"):
             raise GPT2KitError(f"unsupported activation_function {act!r}: GPT-2 uses the tanh GELU ('gelu_new')")
