@@ -135,3 +135,14 @@ def test_int64_bin_weights_refused(tmp_path):
     torch.save({k: v.long() for k, v in hf.state_dict().items()}, tmp_path / "pytorch_model.bin")
     with pytest.raises(GPT2KitError, match=r"is stored as torch.int64, not a float type"):
         gpt2kit.load_model(tmp_path)
+
+
+def test_bin_that_is_not_a_state_dict_refused(tmp_path):
+    import torch
+
+    from conftest import hf_model
+
+    hf_model().config.save_pretrained(tmp_path)
+    torch.save([torch.zeros(2)], tmp_path / "pytorch_model.bin")
+    with pytest.raises(GPT2KitError, match=r"pytorch_model.bin is not a plain state dict \(name -> tensor\)"):
+        gpt2kit.load_model(tmp_path)

@@ -12,7 +12,6 @@ import torch
 
 from . import checkpoint
 from .checkpoint import FORMAT_VERSION, TRANSPOSED, WEIGHTS_FILE, ModelDir, gpt2kit_key, read_model_dir
-from .checkpoint import is_checkpoint_dir  # noqa: F401  (re-exported)
 from .config import GPTConfig
 from .errors import GPT2KitError
 from .fileio import atomic_path, write_json_atomic
@@ -100,10 +99,13 @@ def read_safetensors(path: str) -> dict[str, torch.Tensor]:
 
 def read_torch_bin(path: str) -> dict[str, torch.Tensor]:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
+        sd = torch.load(path, map_location="cpu", weights_only=True)  # never unpickle arbitrary objects
     except Exception as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise GPT2KitError(f"cannot read {path}: {msg}; the file is truncated, corrupt or not a plain state dict") from None
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in sd.items()):
+        raise GPT2KitError(f"{path} is not a plain state dict (name -> tensor); re-save it with torch.save(model.state_dict(), path)")
+    return sd
 
 
 def load_dir(d: ModelDir) -> GPT:
@@ -118,10 +120,6 @@ def load_dir(d: ModelDir) -> GPT:
     else:
         raise GPT2KitError(f"no weights in {d.path}: expected {WEIGHTS_FILE} or pytorch_model.bin")
     return build_model(d.config, from_hf_state_dict(sd), source=d.path, column_major=True)
-
-
-def load_hf_dir(path: str) -> GPT:
-    return load_dir(read_model_dir(path))
 
 
 def save_model(model: GPT, directory: str | os.PathLike, tokenizer=None, meta: dict | None = None) -> None:

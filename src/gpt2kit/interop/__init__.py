@@ -1,7 +1,7 @@
 """Moving models between gpt2kit and other tools.
 
 Readers: OpenAI's TensorFlow checkpoints (tf_checkpoint), nanoGPT ckpt.pt (nanogpt),
-llm.c model and token files (llmc), and HF GPT-2 folders (weights.load_hf_dir).
+llm.c model and token files (llmc), and HF GPT-2 folders (weights.load_dir).
 Writers: HF folders (hf_export), GGUF for llama.cpp (gguf_export), llm.c (llmc).
 `detect_format` and `load_any` pick the reader for a path, for `gpt2kit convert`.
 """
