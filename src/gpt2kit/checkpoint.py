@@ -62,7 +62,7 @@ def read_model_dir(path: str) -> ModelDir:
         _check_version(meta[FORMAT_KEY], file)
         if not isinstance(meta.get("model"), dict):
             raise GPT2KitError(f"{file}: 'model' must be an object of model settings (n_layer, n_head, n_embd, ...), "
-                               f"got {meta.get('model')!r}; restore it or re-save the model")
+                               f"got {meta.get('model')!r:.60}; restore it or re-save the model")
     try:
         config = GPTConfig.from_hf(meta) if hf else GPTConfig.from_dict(meta["model"])
     except GPT2KitError as e:
@@ -72,7 +72,7 @@ def read_model_dir(path: str) -> ModelDir:
 
 def _check_version(version, file: str) -> None:
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise GPT2KitError(f"{file}: {FORMAT_KEY} must be an integer >= 1, got {version!r}; restore it or re-save the model")
+        raise GPT2KitError(f"{file}: {FORMAT_KEY} must be an integer >= 1, got {version!r:.60}; restore it or re-save the model")
     if version > FORMAT_VERSION:
         raise GPT2KitError(f"{file} was written by a newer gpt2kit (format {version}, this one reads {FORMAT_VERSION}); upgrade gpt2kit")
 

@@ -32,17 +32,17 @@ class GPTConfig:
         for name, limit in LIMITS.items():
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= limit:
-                raise GPT2KitError(f"config {name} must be a positive integer (at most {limit}), got {v!r}")
+                raise GPT2KitError(f"config {name} must be a positive integer (at most {limit}), got {v!r:.60}")
         if self.n_embd % self.n_head:
             raise GPT2KitError(
                 f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head}); pick e.g. n_head={_divisor(self.n_embd, self.n_head)}"
             )
         if not _is_number(self.dropout) or not 0.0 <= self.dropout < 1.0:
-            raise GPT2KitError(f"config dropout must be a number in [0, 1), got {self.dropout!r}")
+            raise GPT2KitError(f"config dropout must be a number in [0, 1), got {self.dropout!r:.60}")
         if not _is_number(self.layer_norm_epsilon) or not 0.0 < self.layer_norm_epsilon < 1.0:
-            raise GPT2KitError(f"config layer_norm_epsilon must be a number in (0, 1), got {self.layer_norm_epsilon!r}")
+            raise GPT2KitError(f"config layer_norm_epsilon must be a number in (0, 1), got {self.layer_norm_epsilon!r:.60}")
         if not isinstance(self.bias, bool):
-            raise GPT2KitError(f"config bias must be true or false, got {self.bias!r}")
+            raise GPT2KitError(f"config bias must be true or false, got {self.bias!r:.60}")
         if self.n_params > MAX_PARAMS:
             raise GPT2KitError(f"config describes {self.n_params:,} parameters, over the {MAX_PARAMS:,} gpt2kit builds; use smaller n_layer / n_embd / vocab_size")
 

@@ -90,7 +90,7 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
         raise GPT2KitError(f"{path} must hold a JSON object, not {type(spec).__name__}; restore it or re-save the tokenizer")
     kind = spec.pop("kind", None)
     if not isinstance(kind, str) or kind not in LOADERS:
-        raise GPT2KitError(f"{path} names tokenizer kind {kind!r}; this gpt2kit knows {sorted(LOADERS)}")
+        raise GPT2KitError(f"{path} names tokenizer kind {kind!r:.60}; this gpt2kit knows {sorted(LOADERS)}")
     _check_spec(kind, spec, path)
     return LOADERS[kind](spec, directory)
 
@@ -103,7 +103,7 @@ def _check_spec(kind: str, spec: dict, path: str) -> None:
     for name, t in SPEC_TYPES[kind].items():
         v = spec.get(name)
         if name in spec and (not isinstance(v, t) or (isinstance(v, bool) and t is not bool)):
-            raise GPT2KitError(f"{path}: field {name!r} must be a {t.__name__}, got {v!r}; {fix}")
+            raise GPT2KitError(f"{path}: field {name!r} must be a {t.__name__}, got {v!r:.60}; {fix}")
 
 
 def _is_hf_gpt2_dir(directory: str) -> bool:
