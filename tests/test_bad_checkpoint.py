@@ -127,7 +127,6 @@ def test_get_tokenizer_raises(tiny_checkpoint, tmp_path, case):
 def test_int64_bin_weights_refused(tmp_path):
     """An HF folder's pytorch_model.bin with integer weights is refused by build_model's dtype check."""
     import torch
-
     from conftest import hf_model
 
     hf = hf_model()
@@ -139,7 +138,6 @@ def test_int64_bin_weights_refused(tmp_path):
 
 def test_bin_that_is_not_a_state_dict_refused(tmp_path):
     import torch
-
     from conftest import hf_model
 
     hf_model().config.save_pretrained(tmp_path)
