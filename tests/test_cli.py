@@ -60,3 +60,54 @@ def test_interactive_loop(tiny_checkpoint):
     r = run("interactive", "--model", tiny_checkpoint, "--max-new-tokens", 4, "--seed", 0, input="Hello\n\n")
     assert r.returncode == 0
     assert r.stdout.count("Model prompt >>> ") == 3 and "Prompt should not be empty!" in r.stdout
+
+
+@pytest.fixture(scope="module")
+def small_vocab_model(tmp_path_factory):
+    """A tiny checkpoint whose vocabulary is 10 ids, and a char tokenizer of 27 ids (more than the model's)."""
+    import torch
+
+    from gpt2kit import save_model
+    from gpt2kit.config import GPTConfig
+    from gpt2kit.model import GPT
+    from gpt2kit.tokenization import CharTokenizer
+
+    torch.manual_seed(0)
+    d = tmp_path_factory.mktemp("vocab")
+    save_model(GPT(GPTConfig(n_layer=2, n_head=2, n_embd=32, block_size=16, vocab_size=10)), d / "model")
+    CharTokenizer(list("abcdefghijklmnopqrstuvwxyz")).save(d / "tok")
+    return d / "model", d / "tok"
+
+
+def test_load_refuses_a_bigger_tokenizer_naming_the_parameter(small_vocab_model):
+    import gpt2kit
+
+    model_dir, tok_dir = small_vocab_model
+    with pytest.raises(gpt2kit.GPT2KitError) as e:
+        gpt2kit.load(model_dir, tokenizer=str(tok_dir))
+    assert str(e.value) == ("the tokenizer has 27 tokens but the model expects 10; "
+                            "pass tokenizer=SPEC naming the model's own tokenizer")
+    with pytest.raises(gpt2kit.GPT2KitError, match="tokenizer="):
+        gpt2kit.load(model_dir, tokenizer=gpt2kit.get_tokenizer(str(tok_dir)), backend="numpy")
+    r = run("generate", "abc", "--model", model_dir, "--tokenizer", tok_dir)
+    assert r.returncode == 2 and r.stderr.strip().endswith("pass --tokenizer SPEC naming the model's own tokenizer")
+
+
+def test_load_returns_the_checked_pair(tiny_checkpoint):
+    import gpt2kit
+
+    model, tok = gpt2kit.load(tiny_checkpoint, dtype="bfloat16")
+    assert (tok.kind, tok.n_vocab, model.config.vocab_size) == ("gpt2", 50257, 50257)
+    assert model.transformer.wte.weight.dtype.is_floating_point and str(model.transformer.wte.weight.dtype) == "torch.bfloat16"
+
+
+@pytest.mark.parametrize("message,shown", [
+    ("use dtype='bfloat16' on a GPU", "use --dtype bfloat16 on a GPU"),
+    ("pass allowed_special={'<|endoftext|>'} to encode it", "pass --allow-special to encode it"),
+    ("device='cuda' was asked for; use device='cpu'", "--device cuda was asked for; use --device cpu"),
+    ("or disallowed_special=() to encode it as text", "or disallowed_special=() to encode it as text"),
+])
+def test_cli_maps_parameters_to_flags(message, shown):
+    from gpt2kit.cli.common import cli_message
+
+    assert cli_message(message) == shown

@@ -25,6 +25,43 @@ def nonneg_int(s: str) -> int:
     return v
 
 
+MAX_NEW_TOKENS = 1_000_000  # the history buffer is 8 bytes a token per row; 2e9 would ask for 16 GB
+SEED_LIMIT = 2**64  # what torch.Generator and numpy's default_rng both accept
+
+
+def max_new_tokens(s: str) -> int:
+    v = positive_int(s)
+    if v > MAX_NEW_TOKENS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_NEW_TOKENS} tokens per sample, got {v}")
+    return v
+
+
+def seed(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a seed is an integer in [0, 2**64), got {s!r}") from None
+    if not 0 <= v < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"a seed is an integer in [0, 2**64), got {s}")
+    return v
+
+
+def port(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a port is an integer in 0..65535 (0 = any free port), got {s!r}") from None
+    if not 0 <= v <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is an integer in 0..65535 (0 = any free port), got {v}")
+    return v
+
+
+def stop_string(s: str) -> str:
+    if not s:
+        raise argparse.ArgumentTypeError("a stop string must not be empty (it would match before the first token)")
+    return s
+
+
 def temperature(s: str) -> float:
     v = _float(s)
     if not math.isfinite(v) or v < 0:

@@ -55,10 +55,7 @@ class Tokenizer(ABC):
         disallowed = set(self.special_tokens) - allowed if disallowed_special == "all" else set(disallowed_special)
         for s in disallowed:
             if s in text:
-                raise GPT2KitError(
-                    f"text contains the special token {s!r}; pass allowed_special={{{s!r}}} "
-                    "(CLI: --allow-special) to encode it as a special token, or disallowed_special=() to encode it as text"
-                )
+                raise special_token_error(s)
         if not allowed:
             return self.encode_ordinary(text)
         out: list[int] = []
@@ -130,6 +127,11 @@ def unknown_rate(tokenizer: Tokenizer, ids) -> float:
     if unk is None or arr.size == 0:
         return 0.0
     return float(np.count_nonzero(arr == unk)) / arr.size
+
+
+def special_token_error(s: str) -> GPT2KitError:
+    return GPT2KitError(f"text contains the special token {s!r}; pass allowed_special={{{s!r}}} to encode it "
+                        "as a special token, or disallowed_special=() to encode it as text")
 
 
 def _resolve_allowed(specials: dict[str, int], allowed_special) -> set[str]:

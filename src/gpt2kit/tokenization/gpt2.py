@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 
 from ..errors import GPT2KitError
-from .base import Tokenizer
+from .base import Tokenizer, special_token_error
 
 ENDOFTEXT = "<|endoftext|>"
 # tiktoken's r50k pattern: OpenAI's encoder.py regex with the contractions grouped.
@@ -113,10 +113,7 @@ class GPT2Tokenizer(Tokenizer):
             return self._enc.encode(text, allowed_special=allowed_special, disallowed_special=disallowed_special)
         except ValueError as e:
             if "disallowed special token" in str(e):
-                raise GPT2KitError(
-                    "text contains the special token '<|endoftext|>'; pass allowed_special={'<|endoftext|>'} "
-                    "(CLI: --allow-special) to encode it as a special token, or disallowed_special=() to encode it as text"
-                ) from None
+                raise special_token_error(ENDOFTEXT) from None
             raise
 
     def encode_ordinary(self, text: str) -> list[int]:
