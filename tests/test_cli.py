@@ -111,3 +111,36 @@ def test_cli_maps_parameters_to_flags(message, shown):
     from gpt2kit.cli.common import cli_message
 
     assert cli_message(message) == shown
+
+
+# -- the tokenizer interface that `gpt2kit tokenize` prints: pieces(ids), explain(text) ----------
+def test_gpt2_pieces_and_explain():
+    from gpt2kit.tokenization import get_tokenizer
+
+    tok = get_tokenizer("gpt2")
+    assert tok.pieces([2634, 47249, 222]) == ["é", "<f0 9f 98>", "<80>"]  # 😀 is two byte-level tokens
+    steps = tok.explain("Hello world")
+    assert [(s["piece"], s["ids"]) for s in steps] == [("Hello", [15496]), (" world", [995])]
+    # OpenAI's vocab.bpe ranks: ll, ell, ello, Hello
+    assert steps[0]["merges"] == [(("l", "l"), 41, ["H", "e", "ll", "o"]), (("e", "ll"), 439, ["H", "ell", "o"]),
+                                  (("ell", "o"), 10853, ["H", "ello"]), (("H", "ello"), 15240, ["Hello"])]
+    assert tok.explain("a<|endoftext|>b", allowed_special="all")[1] == {"special": "<|endoftext|>", "ids": [50256]}
+
+
+def test_char_pieces_and_explain():
+    from gpt2kit.tokenization import CharTokenizer
+
+    tok = CharTokenizer(list("ab c"), eot=True)  # ids: a b ' ' c, then unknown 4, then <|endoftext|> 5
+    assert tok.pieces([0, 4, 5]) == ["a", "\ufffd", "<|endoftext|>"]
+    assert tok.explain("ab x<|endoftext|>", allowed_special="all") == [
+        {"piece": "a", "ids": [0]}, {"piece": "b", "ids": [1]}, {"piece": " ", "ids": [2]}, {"piece": "x", "ids": [4]},
+        {"special": "<|endoftext|>", "ids": [5]}]
+
+
+def test_tokenize_explain_char_prints_the_split(tmp_path):
+    from gpt2kit.tokenization import CharTokenizer
+
+    CharTokenizer(list("ab"), unk=False).save(tmp_path / "tok")
+    r = run("tokenize", "aba", "--tokenizer", tmp_path / "tok", "--explain")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[1:4] == ["each character is one piece (3 pieces):", '   "a" "b" "a"', '   "a"          -> "a"  [0]']

@@ -77,6 +77,7 @@ def _clean(text: str) -> str:
 
 class BertTokenizer(Tokenizer):
     kind = "bert"
+    split_doc = "BERT normalizes and splits the text into {n} words"
 
     def __init__(self, vocab_text: str, lowercase: bool = True):
         from tokenizers import Tokenizer as HFTokenizer
@@ -164,7 +165,15 @@ class BertTokenizer(Tokenizer):
             prev = t
         return b"".join(out)
 
-    def pieces(self, text: str) -> list[str]:
+    def pieces(self, ids) -> list[str]:
+        """Each token as its vocabulary entry (continuations keep their ##)."""
+        out = []
+        for i in ids:
+            self._check_id(i)
+            out.append(self.tokens[i])
+        return out
+
+    def split(self, text: str) -> list[str]:
         """BERT's words before WordPiece (after normalization)."""
         normalized = self._hf.normalizer.normalize_str(_clean(text))
         return [w for w, _ in self._hf.pre_tokenizer.pre_tokenize_str(normalized)]

@@ -65,6 +65,7 @@ def train_bpe(files: Sequence[str | os.PathLike], vocab_size: int, out: str | os
 
 class BPETokenizer(Tokenizer):
     kind = "bpe"
+    split_doc = "the regex splits the text into {n} pieces; merges never cross them"
 
     def __init__(self, hf):
         """Wrap an HF byte-level BPE `tokenizers.Tokenizer`."""
@@ -87,6 +88,7 @@ class BPETokenizer(Tokenizer):
         self._hf = hf
         self._hf.encode_special_tokens = True  # encode_ordinary: '<|endoftext|>' in text is text; base.encode splits it out
         self._bytes: list[bytes] = table  # type: ignore[assignment]
+        self._reference = None  # the readable BPE that explain() shows, built on first use
 
     @property
     def n_vocab(self) -> int:
@@ -110,13 +112,20 @@ class BPETokenizer(Tokenizer):
         self._check_id(token)
         return self._bytes[token]
 
-    def pieces(self, text: str) -> list[str]:
+    def split(self, text: str) -> list[str]:
         """The regex pre-split pieces (what merges never cross), as text."""
         from tokenizers import pre_tokenizers
 
         splitter = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         text = _clean(text)
         return [text[a:b] for _, (a, b) in splitter.pre_tokenize_str(text)]
+
+    def _explain_part(self, text: str) -> list[dict]:
+        if self._reference is None:
+            from .reference_bpe import ReferenceBPE
+
+            self._reference = ReferenceBPE.from_hf(self._hf)
+        return self._reference.explain(text)
 
     def spec(self) -> dict:
         return {"file": HF_FILE, "vocab_size": self.n_vocab}

@@ -90,6 +90,7 @@ def _tiktoken_encoding():
 
 class GPT2Tokenizer(Tokenizer):
     kind = "gpt2"
+    split_doc = "the regex splits the text into {n} pieces; merges never cross them"
 
     def __init__(self):
         self._enc = _tiktoken_encoding()
@@ -137,5 +138,18 @@ class GPT2Tokenizer(Tokenizer):
             self._check_id(t)
         return self._enc.decode_bytes(tokens)
 
+    def split(self, text: str) -> list[str]:
+        return _reference().pieces(text)
+
+    def _explain_part(self, text: str) -> list[dict]:
+        return _reference().explain(text)
+
     def spec(self) -> dict:
         return {}
+
+
+@functools.lru_cache(maxsize=1)
+def _reference():
+    from .reference_bpe import ReferenceBPE
+
+    return ReferenceBPE()

@@ -91,6 +91,7 @@ def _count_parallel(texts: Iterable[str], hmm: bool, num_proc: int) -> tuple[Cou
 
 class WordTokenizer(TableTokenizer):
     kind = "word"
+    split_doc = "jieba splits the text into {n} words"
 
     def __init__(self, words: list[str], unk: bool = True, eot: bool = False, hmm: bool = True):
         if len(set(words)) != len(words) or any(not isinstance(w, str) or not w for w in words):
@@ -130,6 +131,9 @@ class WordTokenizer(TableTokenizer):
                     raise GPT2KitError(f"character {c!r} is not in this word vocabulary (it has no unknown token)")
                 out.append(i)
         return out
+
+    def split(self, text: str) -> list[str]:
+        return segment(text, self.hmm)
 
     def spec(self) -> dict:
         return {"unk": self.unk_token is not None, "eot": self._eot is not None, "hmm": self.hmm, "words": self.words}
