@@ -144,3 +144,34 @@ def test_tokenize_explain_char_prints_the_split(tmp_path):
     r = run("tokenize", "aba", "--tokenizer", tmp_path / "tok", "--explain")
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[1:4] == ["each character is one piece (3 pieces):", '   "a" "b" "a"', '   "a"          -> "a"  [0]']
+
+
+# -- a missing extra: one line naming the pip install that adds it -------------------------------
+def _run_blocked(blocked: str, *args):
+    """`gpt2kit ARGS` with `blocked` made unimportable, as in an install without its extra."""
+    code = f"import sys; sys.modules[{blocked!r}] = None\nfrom gpt2kit.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_missing_extra_names_the_install(tmp_path):
+    from conftest import assert_one_line_error
+
+    src = tmp_path / "poems.txt"
+    src.write_text("床前明月光\n疑是地上霜\n", encoding="utf-8")
+    r = _run_blocked("jieba", "tokenizer", "train", src, "--kind", "word", "--out", tmp_path / "tok")
+    assert_one_line_error(r, "the word tokenizer (分词) needs jieba, which is not installed: pip install 'gpt2kit[zh]'")
+    assert not (tmp_path / "tok").exists()
+
+
+@pytest.mark.parametrize("blocked,args,needle", [
+    ("gguf", ["export", "MODEL", "--format", "gguf", "--out", "x.gguf"], "GGUF export needs gguf, which is not installed: pip install 'gpt2kit[interop]'"),
+    ("gradio", ["serve", "--model", "MODEL"], "gpt2kit serve needs gradio, which is not installed: pip install 'gpt2kit[serve]'"),
+    ("matplotlib", ["demo", "babygpt", "--out", "g.png"], "the babygpt graph needs matplotlib, which is not installed: pip install 'gpt2kit[plot]'"),
+])
+def test_missing_extra_fails_before_work(blocked, args, needle, tiny_checkpoint, tmp_path):
+    from conftest import assert_one_line_error
+
+    args = [tiny_checkpoint if a == "MODEL" else tmp_path / a if a.endswith((".gguf", ".png")) else a for a in args]
+    r = _run_blocked(blocked, *args)
+    assert_one_line_error(r, needle)
+    assert r.stdout == "" and list(tmp_path.iterdir()) == []

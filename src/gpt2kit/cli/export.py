@@ -18,8 +18,11 @@ def cmd_export(args) -> int:
     import os
 
     from gpt2kit.errors import GPT2KitError
+    from gpt2kit.extras import require
     from gpt2kit.loading import load
 
+    if args.format == "gguf":
+        require("gguf", "GGUF export")  # before the model loads
     hf_dtype = args.dtype if args.format == "hf" else None  # gguf/llmc --dtype is the file's, not the model's
     model, tok = load(args.model, args.tokenizer, dtype=hf_dtype, need_tokenizer=args.format == "gguf")
     if args.format == "hf":

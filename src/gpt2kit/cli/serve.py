@@ -28,14 +28,13 @@ def register(sub) -> None:
 
 
 def cmd_serve(args) -> int:
-    from gpt2kit.errors import GPT2KitError
+    from gpt2kit.extras import require
 
-    try:
-        import uvicorn
+    for module in ("fastapi", "uvicorn") + (() if args.no_page else ("gradio",)):
+        require(module, "gpt2kit serve")
+    import uvicorn
 
-        from gpt2kit.serve import build_app
-    except ImportError as e:
-        raise GPT2KitError(f"serving needs the serve extra ({e.name} is missing): pip install \"gpt2kit[serve]\"") from None
+    from gpt2kit.serve import build_app
     if args.threads:
         import torch
 

@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from ..errors import GPT2KitError
+from ..extras import require
 from .base import TableTokenizer
 from .char import ENDOFTEXT, UNK_TEXT
 
@@ -23,8 +24,7 @@ def _jieba():
     """One jieba segmenter per process (its dictionary takes ~0.5 s to load; forked workers inherit it)."""
     import logging
 
-    import jieba
-
+    jieba = require("jieba", "the word tokenizer (分词)")
     jieba.setLogLevel(logging.WARNING)
     seg = jieba.Tokenizer()
     seg.initialize()
