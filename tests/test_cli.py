@@ -106,6 +106,7 @@ def test_load_returns_the_checked_pair(tiny_checkpoint):
     ("pass allowed_special={'<|endoftext|>'} to encode it", "pass --allow-special to encode it"),
     ("device='cuda' was asked for; use device='cpu'", "--device cuda was asked for; use --device cpu"),
     ("or disallowed_special=() to encode it as text", "or disallowed_special=() to encode it as text"),
+    ("digits= must be in 1..6", "--digits must be in 1..6"),
 ])
 def test_cli_maps_parameters_to_flags(message, shown):
     from gpt2kit.cli.common import cli_message
@@ -175,3 +176,14 @@ def test_missing_extra_fails_before_work(blocked, args, needle, tiny_checkpoint,
     r = _run_blocked(blocked, *args)
     assert_one_line_error(r, needle)
     assert r.stdout == "" and list(tmp_path.iterdir()) == []
+
+
+def test_library_errors_name_parameters_and_the_cli_names_flags(capsys):
+    import gpt2kit
+    from gpt2kit.cli import main
+    from gpt2kit.demos import addition
+
+    with pytest.raises(gpt2kit.GPT2KitError, match=r"^digits= must be in 1\.\.6, got 7$"):
+        addition.main(digits=7)
+    assert main(["demo", "addition", "--digits", "7"]) == 2
+    assert capsys.readouterr().err == "gpt2kit demo: error: --digits must be in 1..6, got 7\n"

@@ -19,7 +19,9 @@ _PARAM = re.compile(r"\b(" + "|".join(PARAM_FLAGS) + r")=(\{[^}]*\}|'[^']*'|\"[^
 
 
 def cli_message(message: str) -> str:
-    """A library error as the CLI says it: `dtype='bfloat16'` -> `--dtype bfloat16`."""
+    """A library error as the CLI says it: `dtype='bfloat16'` -> `--dtype bfloat16`, `digits=` -> `--digits`.
+
+    Library messages mark a parameter as `name=` (with or without a value); only names in PARAM_FLAGS change."""
     def flag(m: re.Match) -> str:
         name, value = m.group(1), m.group(2).strip("'\"")
         return PARAM_FLAGS[name] if name in SWITCHES or not value else f"{PARAM_FLAGS[name]} {value}"

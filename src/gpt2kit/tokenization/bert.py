@@ -65,7 +65,7 @@ def read_vocab(path: str | os.PathLike) -> str:
         with open(path, encoding="utf-8", newline="") as f:
             raw = f.read()
     except FileNotFoundError:
-        raise GPT2KitError(f"BERT vocab file not found: {path}; pass --tokenizer bert:PATH/vocab.txt") from None
+        raise GPT2KitError(f"BERT vocab file not found: {path}; pass tokenizer='bert:PATH/vocab.txt'") from None
     except UnicodeDecodeError:
         raise GPT2KitError(f"{path} is not UTF-8 text; a BERT vocab.txt has one UTF-8 token per line") from None
     return raw

@@ -145,7 +145,7 @@ class BPETokenizer(Tokenizer):
         except Exception as e:  # tokenizers raises a bare Exception on bad JSON
             raise GPT2KitError(f"{path} is not an HF tokenizers file ({str(e).splitlines()[0]}); re-train it with `gpt2kit tokenizer train --kind bpe`") from None
         if type(hf.model).__name__ != "BPE":
-            raise GPT2KitError(f"{path} holds a {type(hf.model).__name__} model, not BPE; use the matching --tokenizer kind")
+            raise GPT2KitError(f"{path} holds a {type(hf.model).__name__} model, not BPE; open it as its own kind (e.g. tokenizer='bert:PATH' for WordPiece)")
         return cls(hf)
 
     @classmethod
@@ -164,7 +164,7 @@ class BPETokenizer(Tokenizer):
                     head = json.load(f)
                 if "model" in head:  # HF's own tokenizer.json (e.g. from save_pretrained)
                     return cls.from_file(spec_path)
-                raise GPT2KitError(f"{path} holds a {head.get('kind')!r} tokenizer, not bpe; pass --tokenizer {path}")
+                raise GPT2KitError(f"{path} holds a {head.get('kind')!r} tokenizer, not bpe; pass tokenizer={path} (without bpe:)")
             raise GPT2KitError(f"no BPE tokenizer in {path}: expected {HF_FILE} or tokenizer.json; train one with `gpt2kit tokenizer train --kind bpe --out {path}`")
         if not os.path.exists(path):
             raise GPT2KitError(f"BPE tokenizer not found: {path}; train one with `gpt2kit tokenizer train FILES --kind bpe --out {path}`")
