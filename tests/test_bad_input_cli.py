@@ -19,9 +19,9 @@ def _text_file(tmp_path):
 # name -> (args built from (checkpoint, tmp_path, request), the needle of the one line)
 CASES = {
     "numpy-negative-seed": (lambda ck, t, rq: ["generate", "Hi", "--model", ck, "--backend", "numpy", "--seed", "-5"],
-                            "a seed is an integer in [0, 2**64), got -5"),
+                            "expected a seed: an integer in [0, 2**64), got -5"),
     "max-new-tokens-2e9": (lambda ck, t, rq: ["generate", "Hi", "--model", ck, "--max-new-tokens", "2000000000"],
-                           "at most 1000000 tokens per sample"),
+                           "at most 1000000 tokens per sample, got 2000000000"),
     "cuda-on-cpu-build": (lambda ck, t, rq: ["generate", "Hi", "--model", ck, "--device", "cuda"],
                           "--device cuda was asked for but CUDA is not available"),
     "bogus-device": (lambda ck, t, rq: ["generate", "Hi", "--model", ck, "--device", "bogus"], "--device bogus is not a torch device"),
@@ -32,7 +32,7 @@ CASES = {
                                              "--out", rq.getfixturevalue("readonly_dir") / "r.json"], "is not writable"),
     "tokenizer-train-readonly": (lambda ck, t, rq: ["tokenizer", "train", _text_file(t), "--kind", "char",
                                                     "--out", rq.getfixturevalue("readonly_dir") / "tok"], "is not writable"),
-    "serve-port-70000": (lambda ck, t, rq: ["serve", "--model", ck, "--port", "70000"], "a port is an integer in 0..65535"),
+    "serve-port-70000": (lambda ck, t, rq: ["serve", "--model", ck, "--port", "70000"], "expected a port in 0..65535 (0 = any free port), got 70000"),
 }
 
 
