@@ -107,6 +107,7 @@ def test_load_returns_the_checked_pair(tiny_checkpoint):
     ("device='cuda' was asked for; use device='cpu'", "--device cuda was asked for; use --device cpu"),
     ("or disallowed_special=() to encode it as text", "or disallowed_special=() to encode it as text"),
     ("digits= must be in 1..6", "--digits must be in 1..6"),
+    ("drop device=/dtype= or use backend='torch'", "drop --device/--dtype or use --backend torch"),
 ])
 def test_cli_maps_parameters_to_flags(message, shown):
     from gpt2kit.cli.common import cli_message

@@ -25,7 +25,7 @@ def load(model: str | os.PathLike = "gpt2", tokenizer=None, *, dtype: str | None
     if backend not in BACKENDS:
         raise GPT2KitError(f"backend={backend!r} is not one of {BACKENDS}")
     if backend == "numpy" and (device not in (None, "cpu") or dtype not in (None, "float32")):
-        raise GPT2KitError("backend='numpy' runs float32 on the CPU; drop device= and dtype=, or use backend='torch'")
+        raise GPT2KitError("backend='numpy' runs float32 on the CPU; drop device=/dtype= or use backend='torch'")
     path = resolve_model_path(model)
     tok = _tokenizer(tokenizer, path, need_tokenizer)
     if backend == "numpy":

@@ -15,7 +15,7 @@ PARAM_FLAGS = {
     "digits": "--digits", "field": "--field", "block_size": "--block-size", "max_new_tokens": "--max-new-tokens",
 }
 SWITCHES = {"allowed_special", "trust_pickle"}  # store_true flags: the parameter's value is not shown
-_PARAM = re.compile(r"\b(" + "|".join(PARAM_FLAGS) + r")=(\{[^}]*\}|'[^']*'|\"[^\"]*\"|[^\s,;)]*)")
+_PARAM = re.compile(r"\b(" + "|".join(PARAM_FLAGS) + r")=(\{[^}]*\}|'[^']*'|\"[^\"]*\"|[^\s,;)/]*)")
 
 
 def cli_message(message: str) -> str:
