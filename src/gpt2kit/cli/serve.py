@@ -35,6 +35,7 @@ def cmd_serve(args) -> int:
     import uvicorn
 
     from gpt2kit.serve import build_app
+
     if args.threads:
         import torch
 
