@@ -1,6 +1,7 @@
 """gpt2kit: GPT-2 in one package.
 
     import gpt2kit
+    model, tok = gpt2kit.load("gpt2")           # (model, tokenizer), checked against each other
     model = gpt2kit.load_model("gpt2")          # hub name, HF-format dir, or gpt2kit checkpoint dir
     tok = gpt2kit.get_tokenizer("gpt2")         # or a checkpoint dir (its tokenizer/ travels with it)
     for t in gpt2kit.generate(model, tok.encode("Hello"), max_new_tokens=20, temperature=0.0):
@@ -16,6 +17,7 @@ import importlib
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "load": "loading",
     "load_model": "weights",
     "save_model": "weights",
     "download": "weights",

@@ -26,7 +26,7 @@ def cache_dir(sub: str = "") -> str:
 def python_stdlib_files() -> list[str]:
     files = sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "*.py")))
     if not files:
-        raise GPT2KitError("no standard-library .py files found through sysconfig; pass --data DIR prepared with `gpt2kit prepare`")
+        raise GPT2KitError("no standard-library .py files found through sysconfig; pass data=DIR prepared with `gpt2kit prepare`")
     return files
 
 
@@ -44,7 +44,7 @@ def shakespeare_file() -> str:
     except OSError as e:
         raise GPT2KitError(
             f"cannot download tiny shakespeare ({getattr(e, 'reason', e)}); offline, pass a file instead: "
-            "gpt2kit prepare path/to/tinyshakespeare.txt --tokenizer char --out data/sc, then --data data/sc"
+            "gpt2kit prepare path/to/tinyshakespeare.txt --tokenizer char --out data/sc, then data=data/sc"
         ) from None
     return path
 
@@ -54,7 +54,7 @@ def prepared(name: str, out_dir: str, tokenizer: str = "char", progress: bool = 
     from .data import prepare
 
     if name not in NAMES:
-        raise GPT2KitError(f"--data {name!r} is neither a prepared data dir nor a built-in corpus ({', '.join(NAMES)})")
+        raise GPT2KitError(f"data={name!r} is neither a prepared data dir nor a built-in corpus ({', '.join(NAMES)})")
     meta = os.path.join(out_dir, "meta.json")
     if os.path.exists(meta) and read_json(meta, "data meta").get("corpus") == [name, tokenizer]:
         return out_dir

@@ -66,7 +66,7 @@ def fetch_dataset(task: str, progress: bool = True) -> str:
                     bar.update(len(chunk))
     except (urllib.error.URLError, OSError, TimeoutError) as e:
         reason = getattr(e, "reason", None) or e
-        raise GPT2KitError(f"cannot download {url} ({reason}); offline? pass --data PATH to a local copy of {name}") from None
+        raise GPT2KitError(f"cannot download {url} ({reason}); offline? give a local copy of {name} as data=PATH") from None
     return path
 
 

@@ -28,9 +28,9 @@ def int8_supported() -> bool:
 def quantize_int8(model):
     """Quantize `model` (a gpt2kit GPT on the CPU, fp32) in place and return it."""
     if not int8_supported():
-        raise GPT2KitError("int8 needs torch's quantized CPU kernels, which this torch build lacks; use --dtype bfloat16")
+        raise GPT2KitError("int8 needs torch's quantized CPU kernels, which this torch build lacks; use dtype='bfloat16'")
     if model.transformer.wte.weight.device.type != "cpu":
-        raise GPT2KitError("int8 weights run on the CPU only; use --dtype bfloat16 on a GPU")
+        raise GPT2KitError("int8 weights run on the CPU only; use dtype='bfloat16' on a GPU")
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     head = nn.Linear(model.config.n_embd, model.lm_head.weight.shape[0], bias=False)

@@ -34,11 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from gpt2kit.errors import GPT2KitError
 
+    from .common import cli_message
+
     args = build_parser().parse_args(argv)
     try:
         return args.func(args) or 0
     except GPT2KitError as e:
-        print(f"gpt2kit {args.verb}: error: {e}", file=sys.stderr)
+        print(f"gpt2kit {args.verb}: error: {cli_message(str(e))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(file=sys.stderr)

@@ -25,12 +25,11 @@ def cmd_convert(args) -> int:
 
     model, tok, info = load_any(args.src, trust_pickle=args.trust_pickle, fmt=args.fmt)
     if args.tokenizer:
-        from gpt2kit.errors import GPT2KitError
+        from gpt2kit.loading import check_vocab
         from gpt2kit.tokenization import get_tokenizer
 
         tok = get_tokenizer(args.tokenizer)
-        if tok.n_vocab != model.config.vocab_size:
-            raise GPT2KitError(f"--tokenizer {args.tokenizer} has {tok.n_vocab} tokens but the model {model.config.vocab_size}; pass the model's own tokenizer")
+        check_vocab(tok, model.config.vocab_size)
     save_model(model, args.out, tokenizer=tok, meta={"converted_from": info})
     c = model.config
     print(f"{info['source_format']} -> {args.out}: {c.n_layer} layers, {c.n_head} heads, n_embd {c.n_embd}, "

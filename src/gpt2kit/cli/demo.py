@@ -39,6 +39,9 @@ def register(sub) -> None:
 def cmd_babygpt(args) -> int:
     from gpt2kit.demos import babygpt
     from gpt2kit.errors import GPT2KitError
+    from gpt2kit.extras import require
+
+    require("matplotlib", "the babygpt graph")  # before training, not after
 
     parent = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(parent):

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 from . import types as T
+from .common import add_model_args, check_out_file, load_model_args, out_error
 
 TASKS = ("perplexity", "lambada", "hellaswag")
 
 
 def register(sub) -> None:
-    from .generate import add_model_args
-
     p = sub.add_parser("eval", help="perplexity (sliding window), LAMBADA or HellaSwag",
                        description="Evaluate a model. LAMBADA and HellaSwag data download from their published URLs when "
                                    "online; offline, give --data PATH.")
@@ -33,13 +32,13 @@ def cmd_eval(args) -> int:
     from gpt2kit import evaluate as E
     from gpt2kit.errors import GPT2KitError
 
-    from .generate import load
-
     progress = not args.no_progress
+    if args.out:
+        check_out_file(args.out)
     if args.task == "perplexity" and args.data is None:
         raise GPT2KitError("perplexity needs --data PATH (a text file or a token file such as a prepared val.bin)")
     data = args.data or E.fetch_dataset(args.task, progress=progress)
-    model, tok = load(args)
+    model, tok = load_model_args(args)
     if args.task == "perplexity":
         tokens = E.load_eval_tokens(data, tok)
         result = E.perplexity(model, tokens, stride=args.stride, max_length=args.max_length, batch_size=args.batch_size, progress=progress)
@@ -52,5 +51,8 @@ def cmd_eval(args) -> int:
     result = {**result, "model": args.model, "data": data}
     print(json.dumps(result, indent=1))
     if args.out:
-        E.write_result(args.out, result)
+        try:
+            E.write_result(args.out, result)
+        except OSError as e:
+            raise out_error(args.out, e) from None
     return 0

@@ -18,24 +18,16 @@ def cmd_export(args) -> int:
     import os
 
     from gpt2kit.errors import GPT2KitError
-    from gpt2kit.tokenization import get_tokenizer
-    from gpt2kit.weights import load_model, resolve_model_path
+    from gpt2kit.extras import require
+    from gpt2kit.loading import load
 
-    path = resolve_model_path(args.model)
-    model = load_model(path)
-    try:
-        tok = get_tokenizer(args.tokenizer or path)
-    except GPT2KitError:
-        if args.tokenizer or args.format == "gguf":
-            raise
-        tok = None  # hf and llmc weights are usable without one
-    if tok is not None and tok.n_vocab != model.config.vocab_size:
-        raise GPT2KitError(f"the tokenizer has {tok.n_vocab} tokens but the model expects {model.config.vocab_size}; pass the model's own --tokenizer")
+    if args.format == "gguf":
+        require("gguf", "GGUF export")  # before the model loads
+    hf_dtype = args.dtype if args.format == "hf" else None  # gguf/llmc --dtype is the file's, not the model's
+    model, tok = load(args.model, args.tokenizer, dtype=hf_dtype, need_tokenizer=args.format == "gguf")
     if args.format == "hf":
         from gpt2kit.interop.hf_export import export_hf
 
-        if args.dtype:
-            model = load_model(path, dtype=args.dtype)
         export_hf(model, tok, args.out)
     elif args.format == "gguf":
         from gpt2kit.interop.gguf_export import export_gguf

@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 
 from . import types as T
-from .generate import add_model_args
+from .common import add_model_args, load_model_args
 
 
 def register(sub) -> None:
@@ -13,7 +13,7 @@ def register(sub) -> None:
                                    "GET /v1/models, GET /health, and a gradio page at /. Needs `pip install \"gpt2kit[serve]\"`.")
     add_model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=T.nonneg_int, default=8000, help="port (default: 8000; 0 = any free port)")
+    p.add_argument("--port", type=T.port, default=8000, help="port (default: 8000; 0 = any free port)")
     p.add_argument("--api-key", default=os.environ.get("GPT2KIT_API_KEY"),
                    help="require `Authorization: Bearer KEY` on /v1/* (default: $GPT2KIT_API_KEY; unset = open)")
     p.add_argument("--model-name", default=None, help="the model id clients send (default: the --model value, or the directory's name)")
@@ -28,21 +28,19 @@ def register(sub) -> None:
 
 
 def cmd_serve(args) -> int:
-    from gpt2kit.errors import GPT2KitError
+    from gpt2kit.extras import require
 
-    try:
-        import uvicorn
+    for module in ("fastapi", "uvicorn") + (() if args.no_page else ("gradio",)):
+        require(module, "gpt2kit serve")
+    import uvicorn
 
-        from gpt2kit.serve import build_app
-    except ImportError as e:
-        raise GPT2KitError(f"serving needs the serve extra ({e.name} is missing): pip install \"gpt2kit[serve]\"") from None
-    from .generate import load
+    from gpt2kit.serve import build_app
 
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
-    model, tok = load(args)
+    model, tok = load_model_args(args)
     name = args.model_name or (os.path.basename(os.path.normpath(args.model)) if os.path.isdir(args.model) else args.model)
     cap = args.max_tokens_cap or model.config.block_size
     app = build_app(model, tok, model_id=name, api_key=args.api_key, max_concurrency=args.max_concurrency,

@@ -2,7 +2,8 @@
 
 For gpt2 (and trained bpe) --explain prints the regex pre-split pieces, then for each piece
 its UTF-8 bytes as GPT-2's printable byte symbols and every merge in rank order, like
-minGPT's encode_and_show_work. For word and bert it prints the segmented words and their ids.
+minGPT's encode_and_show_work. For other kinds it prints the split pieces and their ids.
+The work is the tokenizer's explain(); this module only prints it.
 """
 from __future__ import annotations
 
@@ -21,13 +22,6 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_tokenize)
 
 
-def label(tok, i: int) -> str:
-    """A token as text: its vocabulary entry for bert, else its bytes (hex where not whole UTF-8)."""
-    if tok.kind == "bert":
-        return tok.tokens[i]
-    return _bytes_label(tok.token_bytes(i))
-
-
 def _show(labels) -> str:
     return " ".join(json.dumps(s, ensure_ascii=False) for s in labels)
 
@@ -37,7 +31,8 @@ def cmd_tokenize(args) -> int:
 
     text = sys.stdin.read() if args.text == "-" else args.text
     tok = get_tokenizer(args.tokenizer)
-    ids = tok.encode(text, allowed_special="all" if args.allow_special else "none_raise")
+    allowed = "all" if args.allow_special else "none_raise"
+    ids = tok.encode(text, allowed_special=allowed)
     if args.ids_only:
         print(json.dumps(ids))
         return 0
@@ -45,59 +40,40 @@ def cmd_tokenize(args) -> int:
     print(f"{tok.kind} tokenizer: {len(ids)} tokens for {len(text)} characters, {n_bytes} UTF-8 bytes"
           + (f" ({n_bytes / len(ids):.2f} bytes/token)" if ids else ""))
     if args.explain:
-        explain(tok, text, args.allow_special)
+        steps = tok.explain(text, allowed_special=allowed)
+        (print_merges if any("merges" in s for s in steps) else print_split)(tok, steps)
     print(f"ids:    {ids}")
-    print(f"tokens: {_show(label(tok, i) for i in ids)}")
+    print(f"tokens: {_show(tok.pieces(ids))}")
     return 0
 
 
-def explain(tok, text: str, allow_special: bool) -> None:
-    from gpt2kit.tokenization.base import _split_specials
-    from gpt2kit.tokenization.reference_bpe import ReferenceBPE
-
-    if tok.kind in ("gpt2", "bpe"):
-        ref = ReferenceBPE() if tok.kind == "gpt2" else ReferenceBPE.from_hf(tok._hf)
-        allowed = set(tok.special_tokens) if allow_special else set()
-        parts = list(_split_specials(text, allowed)) if allowed else [(text, False)]
-        steps = []
-        for part, special in parts:
-            steps.extend([{"special": part, "ids": [tok.special_tokens[part]]}] if special else ref.explain(part))
-        print(f"1. the regex splits the text into {len(steps)} piece{'s' * (len(steps) != 1)}; merges never cross them:")
-        print("   " + _show(s.get("piece", s.get("special")) for s in steps))
-        print("2. each piece becomes UTF-8 bytes, shown as GPT-2's printable byte symbols; then the adjacent pair")
-        print("   with the lowest rank in the merge list merges, again and again, until no pair is in the list:")
-        for k, s in enumerate(steps, 1):
-            if "special" in s:
-                print(f"\n   piece {k}: {json.dumps(s['special'])} is a special token -> id {s['ids'][0]}")
-                continue
-            print(f"\n   piece {k}: {json.dumps(s['piece'], ensure_ascii=False)}")
-            print(f"     bytes    {s['piece'].encode('utf-8').hex(' ')}")
-            print(f"     symbols  {' '.join(s['symbols'])}")
-            for m, ((a, b), rank, after) in enumerate(s["merges"], 1):
-                pair = f"{a} + {b}"
-                print(f"     merge {m:2d}  rank {rank:5d}  {pair:<13s} -> {a + b:<9s} {' '.join(after)}")
-            shown = [_bytes_label(b) for b in s["bytes"]]
-            print(f"     tokens   {_show(shown)}" + ("   (<hex>: part of a character)" if any(x.startswith("<") for x in shown) else ""))
-            print(f"     ids: {s['ids']}")
-        print()
-        return
-    if tok.kind in ("word", "bert"):
-        from gpt2kit.tokenization.word import segment
-
-        words = segment(text, tok.hmm) if tok.kind == "word" else tok.pieces(text)
-        what = "jieba splits the text into" if tok.kind == "word" else "BERT normalizes and splits the text into"
-        print(f"{what} {len(words)} words:")
-        print("   " + _show(words))
-        for w in words:
-            ids = tok.encode_ordinary(w)
-            print(f"   {json.dumps(w, ensure_ascii=False):<12s} -> {_show(label(tok, i) for i in ids)}  {ids}")
-        print()
-        return
-    print(f"({tok.kind}: one token per character; nothing to explain)")
+def print_split(tok, steps: list[dict]) -> None:
+    print(tok.split_doc.format(n=len(steps)) + ":")
+    print("   " + _show(s.get("piece", s.get("special")) for s in steps))
+    for s in steps:
+        shown = json.dumps(s.get("piece", s.get("special")), ensure_ascii=False)
+        print(f"   {shown:<12s} -> {_show(tok.pieces(s['ids']))}  {s['ids']}")
+    print()
 
 
-def _bytes_label(b: bytes) -> str:
-    try:
-        return b.decode("utf-8")
-    except UnicodeDecodeError:
-        return "<" + b.hex(" ") + ">"
+def print_merges(tok, steps: list[dict]) -> None:
+    from gpt2kit.tokenization.base import bytes_label
+
+    print("1. " + tok.split_doc.format(n=len(steps)) + ":")
+    print("   " + _show(s.get("piece", s.get("special")) for s in steps))
+    print("2. each piece becomes UTF-8 bytes, shown as GPT-2's printable byte symbols; then the adjacent pair")
+    print("   with the lowest rank in the merge list merges, again and again, until no pair is in the list:")
+    for k, s in enumerate(steps, 1):
+        if "special" in s:
+            print(f"\n   piece {k}: {json.dumps(s['special'])} is a special token -> id {s['ids'][0]}")
+            continue
+        print(f"\n   piece {k}: {json.dumps(s['piece'], ensure_ascii=False)}")
+        print(f"     bytes    {s['piece'].encode('utf-8').hex(' ')}")
+        print(f"     symbols  {' '.join(s['symbols'])}")
+        for m, ((a, b), rank, after) in enumerate(s["merges"], 1):
+            pair = f"{a} + {b}"
+            print(f"     merge {m:2d}  rank {rank:5d}  {pair:<13s} -> {a + b:<9s} {' '.join(after)}")
+        shown = [bytes_label(b) for b in s["bytes"]]
+        print(f"     tokens   {_show(shown)}" + ("   (<hex>: part of a character)" if any(x.startswith("<") for x in shown) else ""))
+        print(f"     ids: {s['ids']}")
+    print()

@@ -5,24 +5,45 @@ import argparse
 import math
 
 
-def positive_int(s: str) -> int:
+MAX_NEW_TOKENS = 1_000_000  # the history buffer is 8 bytes a token per row; 2e9 would ask for 16 GB
+SEED_LIMIT = 2**64  # what torch.Generator and numpy's default_rng both accept
+
+
+def _int_in(s: str, lo: int, hi: int | None, what: str) -> int:
+    """int(s) with lo <= value <= hi (hi None: no upper bound), else an error saying `what` is expected."""
     try:
         v = int(s)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+        raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}") from None
+    if v < lo or (hi is not None and v > hi):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {v}")
     return v
+
+
+def positive_int(s: str) -> int:
+    return _int_in(s, 1, None, "a positive integer")
 
 
 def nonneg_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {v}")
-    return v
+    return _int_in(s, 0, None, "an integer >= 0")
+
+
+def max_new_tokens(s: str) -> int:
+    return _int_in(s, 1, MAX_NEW_TOKENS, f"a positive integer, at most {MAX_NEW_TOKENS} tokens per sample")
+
+
+def seed(s: str) -> int:
+    return _int_in(s, 0, SEED_LIMIT - 1, "a seed: an integer in [0, 2**64)")
+
+
+def port(s: str) -> int:
+    return _int_in(s, 0, 65535, "a port in 0..65535 (0 = any free port)")
+
+
+def stop_string(s: str) -> str:
+    if not s:
+        raise argparse.ArgumentTypeError("a stop string must not be empty (it would match before the first token)")
+    return s
 
 
 def temperature(s: str) -> float:

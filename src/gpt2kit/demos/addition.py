@@ -139,7 +139,7 @@ def accuracy(model: GPT, indices: np.ndarray, digits: int) -> tuple[float, np.nd
 def main(digits: int = 2, steps: int = 1500, batch_size: int = 256, lr: float = 3e-3, test_size: int | None = None,
          max_seconds: float = 300.0, seed: int = 1337, examples: int = 6, threads: int | None = 1) -> dict:
     if not isinstance(digits, int) or not 1 <= digits <= MAX_DIGITS:
-        raise GPT2KitError(f"--digits must be in 1..{MAX_DIGITS}, got {digits!r}")
+        raise GPT2KitError(f"digits= must be in 1..{MAX_DIGITS}, got {digits!r}")
     if threads:
         torch.set_num_threads(threads)  # a 85k-parameter model: syncing threads costs more than they add
     n_test = test_size if test_size is not None else min(1000, n_problems(digits) // 10)

@@ -112,7 +112,9 @@ NODE_R = 0.42
 
 def draw_graph(result: dict, path: str | os.PathLike) -> None:
     """Write the Markov chain of the trained model as a PNG (written atomically)."""
-    from matplotlib.figure import Figure  # no pyplot: no GUI backend, no global state
+    from ..extras import require
+
+    Figure = require("matplotlib.figure", "the babygpt graph").Figure  # no pyplot: no GUI backend, no global state
     from matplotlib.patches import Circle, FancyArrowPatch
 
     probs = dict(zip(result["states"], result["after"]))

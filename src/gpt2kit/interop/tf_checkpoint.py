@@ -51,7 +51,9 @@ class TensorEntry:
 # -- crc32c --------------------------------------------------------------------------------
 
 def _crc32c(data) -> int:
-    import google_crc32c
+    from ..extras import require
+
+    google_crc32c = require("google_crc32c", "reading OpenAI's TF checkpoints (crc32c checks)")
 
     return google_crc32c.value(bytes(data) if not isinstance(data, bytes) else data)
 

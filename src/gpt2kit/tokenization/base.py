@@ -27,6 +27,8 @@ class Tokenizer(ABC):
     kind: str = ""
     # Id that stands for text outside the vocabulary (a declared loss), or None if every text encodes exactly.
     unk_token: int | None = None
+    # How split() cuts a text, for explain()'s readers; {n} is the number of pieces.
+    split_doc: str = "each character is one piece ({n} pieces)"
 
     # -- required ---------------------------------------------------------------
     @property
@@ -61,16 +63,33 @@ class Tokenizer(ABC):
         disallowed = set(self.special_tokens) - allowed if disallowed_special == "all" else set(disallowed_special)
         for s in disallowed:
             if s in text:
-                raise GPT2KitError(
-                    f"text contains the special token {s!r}; pass allowed_special={{{s!r}}} "
-                    "(CLI: --allow-special) to encode it as a special token, or disallowed_special=() to encode it as text"
-                )
+                raise special_token_error(s)
         if not allowed:
             return self.encode_ordinary(text)
         out: list[int] = []
         for piece, special in _split_specials(text, allowed):
             out.extend([self.special_tokens[piece]] if special else self.encode_ordinary(piece))
         return out
+
+    def pieces(self, ids: Iterable[int]) -> list[str]:
+        """Each token as text: its UTF-8 text, or <hex bytes> where it holds only part of a character."""
+        return [bytes_label(self.token_bytes(i)) for i in ids]
+
+    def split(self, text: str) -> list[str]:
+        """The pieces encoding never joins across (here: characters; kinds that pre-split override it)."""
+        return list(text)
+
+    def explain(self, text: str, *, allowed_special="none_raise") -> list[dict]:
+        """How text becomes ids, in order: {"special": s, "ids": [id]} for an allowed special token, else
+        {"piece": p, "ids": [...]} for each split() piece; BPE kinds add "symbols", "merges" and "bytes"."""
+        allowed = _resolve_allowed(self.special_tokens, allowed_special)
+        steps: list[dict] = []
+        for part, special in _split_specials(text, allowed) if allowed else [(text, False)]:
+            steps.extend([{"special": part, "ids": [self.special_tokens[part]]}] if special else self._explain_part(part))
+        return steps
+
+    def _explain_part(self, text: str) -> list[dict]:
+        return [{"piece": p, "ids": self.encode_ordinary(p)} for p in self.split(text)]
 
     def stream_bytes(self, prev: int | None, token: int) -> bytes:
         """Bytes `token` adds after `prev` (None at the start). Kinds whose spacing depends on the
@@ -136,6 +155,19 @@ def unknown_rate(tokenizer: Tokenizer, ids) -> float:
     if unk is None or arr.size == 0:
         return 0.0
     return float(np.count_nonzero(arr == unk)) / arr.size
+
+
+def special_token_error(s: str) -> GPT2KitError:
+    return GPT2KitError(f"text contains the special token {s!r}; pass allowed_special={{{s!r}}} to encode it "
+                        "as a special token, or disallowed_special=() to encode it as text")
+
+
+def bytes_label(b: bytes) -> str:
+    """Bytes as text, or as <hex> where they are not whole UTF-8 (part of a character)."""
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        return "<" + b.hex(" ") + ">"
 
 
 def _resolve_allowed(specials: dict[str, int], allowed_special) -> set[str]:

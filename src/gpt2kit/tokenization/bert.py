@@ -65,7 +65,7 @@ def read_vocab(path: str | os.PathLike) -> str:
         with open(path, encoding="utf-8", newline="") as f:
             raw = f.read()
     except FileNotFoundError:
-        raise GPT2KitError(f"BERT vocab file not found: {path}; pass --tokenizer bert:PATH/vocab.txt") from None
+        raise GPT2KitError(f"BERT vocab file not found: {path}; pass tokenizer='bert:PATH/vocab.txt'") from None
     except UnicodeDecodeError:
         raise GPT2KitError(f"{path} is not UTF-8 text; a BERT vocab.txt has one UTF-8 token per line") from None
     return raw
@@ -73,6 +73,7 @@ def read_vocab(path: str | os.PathLike) -> str:
 
 class BertTokenizer(Tokenizer):
     kind = "bert"
+    split_doc = "BERT normalizes and splits the text into {n} words"
 
     def __init__(self, vocab_text: str, lowercase: bool = True):
         from tokenizers import Tokenizer as HFTokenizer
@@ -160,7 +161,15 @@ class BertTokenizer(Tokenizer):
             prev = t
         return b"".join(out)
 
-    def pieces(self, text: str) -> list[str]:
+    def pieces(self, ids) -> list[str]:
+        """Each token as its vocabulary entry (continuations keep their ##)."""
+        out = []
+        for i in ids:
+            self._check_id(i)
+            out.append(self.tokens[i])
+        return out
+
+    def split(self, text: str) -> list[str]:
         """BERT's words before WordPiece (after normalization)."""
         normalized = self._hf.normalizer.normalize_str(replace_surrogates(text))
         return [w for w, _ in self._hf.pre_tokenizer.pre_tokenize_str(normalized)]

@@ -59,6 +59,7 @@ def train_bpe(files: Sequence[str | os.PathLike], vocab_size: int, out: str | os
 
 class BPETokenizer(Tokenizer):
     kind = "bpe"
+    split_doc = "the regex splits the text into {n} pieces; merges never cross them"
 
     def __init__(self, hf):
         """Wrap an HF byte-level BPE `tokenizers.Tokenizer`."""
@@ -81,6 +82,7 @@ class BPETokenizer(Tokenizer):
         self._hf = hf
         self._hf.encode_special_tokens = True  # encode_ordinary: '<|endoftext|>' in text is text; base.encode splits it out
         self._bytes: list[bytes] = table  # type: ignore[assignment]
+        self._reference = None  # the readable BPE that explain() shows, built on first use
 
     @property
     def n_vocab(self) -> int:
@@ -104,13 +106,20 @@ class BPETokenizer(Tokenizer):
         self._check_id(token)
         return self._bytes[token]
 
-    def pieces(self, text: str) -> list[str]:
+    def split(self, text: str) -> list[str]:
         """The regex pre-split pieces (what merges never cross), as text."""
         from tokenizers import pre_tokenizers
 
         splitter = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
         text = replace_surrogates(text)
         return [text[a:b] for _, (a, b) in splitter.pre_tokenize_str(text)]
+
+    def _explain_part(self, text: str) -> list[dict]:
+        if self._reference is None:
+            from .reference_bpe import ReferenceBPE
+
+            self._reference = ReferenceBPE.from_hf(self._hf)
+        return self._reference.explain(text)
 
     def spec(self) -> dict:
         return {"file": HF_FILE, "vocab_size": self.n_vocab}
@@ -130,7 +139,7 @@ class BPETokenizer(Tokenizer):
         except Exception as e:  # tokenizers raises a bare Exception on bad JSON
             raise GPT2KitError(f"{path} is not an HF tokenizers file ({str(e).splitlines()[0]}); re-train it with `gpt2kit tokenizer train --kind bpe`") from None
         if type(hf.model).__name__ != "BPE":
-            raise GPT2KitError(f"{path} holds a {type(hf.model).__name__} model, not BPE; use the matching --tokenizer kind")
+            raise GPT2KitError(f"{path} holds a {type(hf.model).__name__} model, not BPE; open it as its own kind (e.g. tokenizer='bert:PATH' for WordPiece)")
         return cls(hf)
 
     @classmethod
@@ -149,7 +158,7 @@ class BPETokenizer(Tokenizer):
                     head = json.load(f)
                 if "model" in head:  # HF's own tokenizer.json (e.g. from save_pretrained)
                     return cls.from_file(spec_path)
-                raise GPT2KitError(f"{path} holds a {head.get('kind')!r} tokenizer, not bpe; pass --tokenizer {path}")
+                raise GPT2KitError(f"{path} holds a {head.get('kind')!r} tokenizer, not bpe; pass tokenizer={path} (without bpe:)")
             raise GPT2KitError(f"no BPE tokenizer in {path}: expected {HF_FILE} or tokenizer.json; train one with `gpt2kit tokenizer train --kind bpe --out {path}`")
         if not os.path.exists(path):
             raise GPT2KitError(f"BPE tokenizer not found: {path}; train one with `gpt2kit tokenizer train FILES --kind bpe --out {path}`")

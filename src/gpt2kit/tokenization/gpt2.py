@@ -13,7 +13,7 @@ import os
 from collections.abc import Sequence
 
 from ..errors import GPT2KitError
-from .base import ENDOFTEXT, Tokenizer
+from .base import ENDOFTEXT, Tokenizer, special_token_error
 
 # tiktoken's r50k pattern: OpenAI's encoder.py regex with the contractions grouped.
 PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -89,6 +89,7 @@ def _tiktoken_encoding():
 
 class GPT2Tokenizer(Tokenizer):
     kind = "gpt2"
+    split_doc = "the regex splits the text into {n} pieces; merges never cross them"
 
     def __init__(self):
         self._enc = _tiktoken_encoding()
@@ -112,10 +113,7 @@ class GPT2Tokenizer(Tokenizer):
             return self._enc.encode(text, allowed_special=allowed_special, disallowed_special=disallowed_special)
         except ValueError as e:
             if "disallowed special token" in str(e):
-                raise GPT2KitError(
-                    "text contains the special token '<|endoftext|>'; pass allowed_special={'<|endoftext|>'} "
-                    "(CLI: --allow-special) to encode it as a special token, or disallowed_special=() to encode it as text"
-                ) from None
+                raise special_token_error(ENDOFTEXT) from None
             raise
 
     def encode_ordinary(self, text: str) -> list[int]:
@@ -139,5 +137,18 @@ class GPT2Tokenizer(Tokenizer):
             self._check_id(t)
         return self._enc.decode_bytes(tokens)
 
+    def split(self, text: str) -> list[str]:
+        return _reference().pieces(text)
+
+    def _explain_part(self, text: str) -> list[dict]:
+        return _reference().explain(text)
+
     def spec(self) -> dict:
         return {}
+
+
+@functools.lru_cache(maxsize=1)
+def _reference():
+    from .reference_bpe import ReferenceBPE
+
+    return ReferenceBPE()

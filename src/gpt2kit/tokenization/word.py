@@ -14,6 +14,7 @@ from collections import Counter
 from collections.abc import Iterable
 
 from ..errors import GPT2KitError
+from ..extras import require
 from .base import TableTokenizer
 from .char import ENDOFTEXT, UNK_TEXT
 
@@ -23,8 +24,7 @@ def _jieba():
     """One jieba segmenter per process (its dictionary takes ~0.5 s to load; forked workers inherit it)."""
     import logging
 
-    import jieba
-
+    jieba = require("jieba", "the word tokenizer (分词)")
     jieba.setLogLevel(logging.WARNING)
     seg = jieba.Tokenizer()
     seg.initialize()
@@ -91,6 +91,7 @@ def _count_parallel(texts: Iterable[str], hmm: bool, num_proc: int) -> tuple[Cou
 
 class WordTokenizer(TableTokenizer):
     kind = "word"
+    split_doc = "jieba splits the text into {n} words"
 
     def __init__(self, words: list[str], unk: bool = True, eot: bool = False, hmm: bool = True):
         if len(set(words)) != len(words) or any(not isinstance(w, str) or not w for w in words):
@@ -130,6 +131,9 @@ class WordTokenizer(TableTokenizer):
                     raise GPT2KitError(f"character {c!r} is not in this word vocabulary (it has no unknown token)")
                 out.append(i)
         return out
+
+    def split(self, text: str) -> list[str]:
+        return segment(text, self.hmm)
 
     def spec(self) -> dict:
         return {"unk": self.unk_token is not None, "eot": self._eot is not None, "hmm": self.hmm, "words": self.words}
