@@ -6,7 +6,8 @@ import sysconfig
 import numpy as np
 import pytest
 
-from gpt2kit.data import TokenData, prepare, read_tokens, split_for_workers, write_tokens
+from gpt2kit.data import TokenData, prepare, read_tokens, write_tokens
+from gpt2kit.tokenization.corpus import chunk_text
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.tokenization import load_tokenizer
 
@@ -36,7 +37,7 @@ def test_gpt2_prepare_jsonl_docs_end_with_eot(tmp_path):
 def test_parallel_equals_serial_on_a_large_file(tmp_path):
     text = open(os.path.join(sysconfig.get_paths()["stdlib"], "inspect.py"), encoding="utf-8").read() * 2
     (tmp_path / "big.txt").write_text(text)
-    assert len(split_for_workers(text)) > 2
+    assert len(list(chunk_text(text, 1 << 16))) > 2
     prepare([str(tmp_path / "big.txt")], str(tmp_path / "p1"), "gpt2", num_proc=1, progress=False)
     prepare([str(tmp_path / "big.txt")], str(tmp_path / "p2"), "gpt2", num_proc=2, progress=False)
     for s in ("train", "val"):
