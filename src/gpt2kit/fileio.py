@@ -49,6 +49,11 @@ def _remove(path: str) -> None:
             os.remove(path)
 
 
+def _is_stale(name: str) -> bool:
+    m = re.search(r"\.(tmp|old)(\d+)$", name)
+    return m is not None and not _pid_alive(int(m.group(2)))
+
+
 def recover_stale(path: str | os.PathLike) -> None:
     """Remove `PATH.tmpPID` / `PATH.oldPID` left by dead processes; restore PATH from a dead
     writer's `PATH.oldPID` when a kill landed between the two renames of a non-exchange swap."""
@@ -145,7 +150,7 @@ def atomic_dir(path: str | os.PathLike, owns: tuple[str, ...] = ()):
 
 def _carry_over(old: str, new: str, owns: tuple[str, ...]) -> None:
     for name in os.listdir(old):
-        if name in owns or os.path.lexists(os.path.join(new, name)):
+        if name in owns or os.path.lexists(os.path.join(new, name)) or _is_stale(name):
             continue
         src, dst = os.path.join(old, name), os.path.join(new, name)
         if os.path.isdir(src) and not os.path.islink(src):
