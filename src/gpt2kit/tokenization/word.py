@@ -105,8 +105,11 @@ def _count_parallel(texts: Iterable[str], hmm: bool, num_proc: int) -> tuple[Cou
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     words: Counter = Counter()
     chars: Counter = Counter()
-    with ctx.Pool(num_proc) as pool:
-        for w, c in pool.imap_unordered(_count_batch, ((b, hmm) for b in _batches(texts))):
+    from concurrent.futures import ProcessPoolExecutor
+
+    # an executor, not mp.Pool: a worker that dies or raises a BaseException fails the call instead of hanging it
+    with ProcessPoolExecutor(num_proc, mp_context=ctx) as pool:
+        for w, c in pool.map(_count_batch, ((b, hmm) for b in _batches(texts))):
             words.update(w)
             chars.update(c)
     return words, chars
