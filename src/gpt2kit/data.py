@@ -46,7 +46,7 @@ def write_tokens(path: str, ids: np.ndarray, n_vocab: int) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(HEADER.pack(MAGIC, VERSION, np.dtype(dtype).itemsize, ids.size))
-            ids.astype(dtype, copy=False).tofile(f)
+            f.write(np.ascontiguousarray(ids, dtype=dtype).data)  # not tofile(): its OSError loses the errno (ENOSPC)
 
 
 def read_tokens(path: str) -> np.memmap:

@@ -99,7 +99,8 @@ def _write_errors(path: str):
         reason = write_failure(e)
         if reason is None:
             raise
-        raise GPT2KitError(f"cannot write {path}: {reason}; free some space or choose another output path") from None
+        fix = "free some space or choose another output path" if "space" in reason.lower() else "choose a writable output path"
+        raise GPT2KitError(f"cannot write {path}: {reason}; {fix}") from None
 
 
 @contextlib.contextmanager
