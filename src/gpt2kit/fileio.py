@@ -131,7 +131,7 @@ def atomic_dir(path: str | os.PathLike, owns: tuple[str, ...] = ()):
     """
     from .errors import GPT2KitError
 
-    path = os.path.abspath(os.fspath(path))
+    path = os.path.realpath(os.fspath(path))  # a symlinked output dir is replaced where it really is
     if os.path.lexists(path) and not os.path.isdir(path):
         raise GPT2KitError(f"{path} exists and is not a directory; choose a directory path")
     tmp = f"{path}.tmp{os.getpid()}"
