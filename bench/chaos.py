@@ -2,9 +2,10 @@
 the old complete result or the new one, never neither (issue 16, "Atomic outputs").
 
 For each verb: an old output is put in place, the verb is started to replace it with a new one,
-and the whole process group (workers included) gets SIGKILL after a random delay: half of the
-delays are uniform over the verb's measured run time, half over its second half, where the writes
-are. The output is then fingerprinted (a hash of every file) and must equal the old or the new
+and the whole process group (workers included) gets SIGKILL after a random delay: a quarter of the
+delays are uniform over the verb's run time T, the rest over [0.7 T, T], where the writes are, with
+T adapted after each such kill (shorter when the run had already finished, longer when it had not
+yet replaced anything) so that the kills home in on the moment the output is replaced. The output is then fingerprinted (a hash of every file) and must equal the old or the new
 reference. For train (a resume from iter 30 to 60, saving the model at 40, 50, 60), the saved
 model's weights and its meta.json iter must match one of the reference saves. Temp files left by
 kills (`*.tmpPID`, `*.oldPID`) are counted, and must be gone after one more complete run.
@@ -168,13 +169,13 @@ def timed(case: Case) -> None:
 
 def attack(case: Case, kills: int, rng: random.Random) -> dict:
     counts = {"old": 0, "new": 0, "new (intermediate save)": 0, "recovered": 0, "BROKEN": 0}
-    temps = 0
+    temps, t = 0, case.seconds
     for _ in range(kills):
         put(case.old, case.target)
         for p in leftovers(case.target):  # start each try clean; leftovers of this try are counted below
             shutil.rmtree(p) if p.is_dir() else p.unlink()
-        t = case.seconds
-        delay = rng.uniform(0, t) if rng.random() < 0.5 else rng.uniform(0.5 * t, 1.05 * t)
+        late = rng.random() < 0.75
+        delay = rng.uniform(0.7 * t, t) if late else rng.uniform(0, t)
         proc = subprocess.Popen(case.cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, start_new_session=True)
         time.sleep(delay)
         try:
@@ -195,6 +196,8 @@ def attack(case: Case, kills: int, rng: random.Random) -> dict:
             kind = case.allowed.get(got, "BROKEN")
             kind = "new (intermediate save)" if kind.startswith("new@") else kind
         counts[kind] += 1
+        if late:  # home in on the swap: a late kill that found the new output was too late, one that found the old too early
+            t *= 0.93 if kind == "new" else 1.05 if kind == "old" else 1.0
     # one more complete run must clean what the kills left
     subprocess.run(case.cmd, capture_output=True, env=ENV)
     return {**counts, "temps left by kills": temps, "temps after next run": len(leftovers(case.target))}
@@ -222,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             broken += r["BROKEN"] + r["temps after next run"]
             rows.append([case.verb, args.kills, f"{case.seconds:.1f}", *r.values()])
             print(f"{case.verb}: {r}", file=sys.stderr, flush=True)
-    finally:
+    finally:  # (SIGINT / an exception; a SIGTERM'd run leaves its temp workdir behind)
         if args.workdir is None:
             shutil.rmtree(work, ignore_errors=True)
     header = ["verb", "kills", "run s", "old", "new", "new (intermediate save)", "recovered", "BROKEN",
