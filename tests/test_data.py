@@ -6,7 +6,8 @@ import sysconfig
 import numpy as np
 import pytest
 
-from gpt2kit.data import TokenData, prepare, read_tokens, split_for_workers, write_tokens
+from gpt2kit.data import TokenData, prepare, read_tokens, write_tokens
+from gpt2kit.tokenization.corpus import chunk_text
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.tokenization import load_tokenizer
 
@@ -36,7 +37,7 @@ def test_gpt2_prepare_jsonl_docs_end_with_eot(tmp_path):
 def test_parallel_equals_serial_on_a_large_file(tmp_path):
     text = open(os.path.join(sysconfig.get_paths()["stdlib"], "inspect.py"), encoding="utf-8").read() * 2
     (tmp_path / "big.txt").write_text(text)
-    assert len(split_for_workers(text)) > 2
+    assert len(list(chunk_text(text, 1 << 16))) > 2
     prepare([str(tmp_path / "big.txt")], str(tmp_path / "p1"), "gpt2", num_proc=1, progress=False)
     prepare([str(tmp_path / "big.txt")], str(tmp_path / "p2"), "gpt2", num_proc=2, progress=False)
     for s in ("train", "val"):
@@ -99,3 +100,93 @@ def test_missing_inputs_are_one_line_errors(tmp_path):
         prepare([str(tmp_path / "bad.jsonl")], str(tmp_path / "o"), "gpt2", progress=False)
     with pytest.raises(GPT2KitError, match="prepare"):
         TokenData(str(tmp_path))
+
+
+# -- hostile input (issue 16 items 4, 5, 6) ------------------------------------------------------
+
+@pytest.mark.parametrize("num_proc", [1, 2])
+def test_million_whitespace_prepares(tmp_path, num_proc):
+    from gpt2kit.tokenization import get_tokenizer
+
+    text = "a" + " \n" * 500_000 + "b\n" + "some words\n" * 50
+    (tmp_path / "ws.txt").write_text(text)
+    prepare([str(tmp_path / "ws.txt")], str(tmp_path / "out"), "gpt2", num_proc=num_proc, progress=False)
+    got = np.concatenate([read_tokens(str(tmp_path / "out" / f"{s}.bin")) for s in ("train", "val")]).tolist()
+    assert got == get_tokenizer("gpt2").encode(text) + [50256]
+
+
+def test_tokenize_cli_million_whitespace():
+    from conftest import run_cli
+
+    r = run_cli("tokenize", "-", input="a" + " " * 1_000_000 + "b", timeout=120)
+    assert r.returncode == 0, r.stderr[-500:]
+    assert "1000001 tokens for 1000002 characters" in r.stdout.replace(",", "")
+
+
+class _Panic(BaseException):  # stands in for tiktoken's PanicException, a BaseException
+    pass
+
+
+def _panic(self, text):
+    raise _Panic("regex stack overflow")
+
+
+def _die(self, text):
+    os._exit(3)
+
+
+@pytest.mark.parametrize("num_proc,failure", [(1, _panic), (2, _panic), (2, _die)])
+def test_worker_failure_fails_prepare_with_one_error(tmp_path, monkeypatch, num_proc, failure):
+    from gpt2kit.tokenization.gpt2 import GPT2Tokenizer
+
+    (tmp_path / "a.txt").write_text("hello world\n" * 2000)
+    prepare([str(tmp_path / "a.txt")], str(tmp_path / "out"), "gpt2", progress=False)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir() if p.is_file()}
+    monkeypatch.setattr(GPT2Tokenizer, "encode_ordinary", failure)  # forked workers inherit the patch
+    (tmp_path / "b.txt").write_text("other text\n" * 3000)
+    with pytest.raises(GPT2KitError, match="tokenizing failed"):
+        prepare([str(tmp_path / "b.txt")], str(tmp_path / "out"), "gpt2", num_proc=num_proc, progress=False)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir() if p.is_file()} == before
+    assert sorted(os.listdir(tmp_path)) == ["a.txt", "b.txt", "out"]  # no temp dir left
+
+
+def test_failed_reprepare_keeps_old_data_dir(tmp_path):
+    from conftest import assert_one_line_error, run_cli
+
+    (tmp_path / "a.txt").write_text("hello world, a small corpus\n" * 200)
+    prepare([str(tmp_path / "a.txt")], str(tmp_path / "out"), "char", progress=False)
+    before = {str(p.relative_to(tmp_path)): p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    (tmp_path / "tiny.txt").write_text("xy")
+    r = run_cli("prepare", tmp_path / "tiny.txt", "--out", tmp_path / "out", "--tokenizer", "char")
+    assert_one_line_error(r, "only")
+    after = {str(p.relative_to(tmp_path)): p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    assert after == before and sorted(os.listdir(tmp_path)) == ["a.txt", "out", "tiny.txt"]
+
+
+def test_num_proc_capped_at_cpu_count(tmp_path):
+    from conftest import run_cli
+
+    from gpt2kit.data import usable_cpus
+
+    (tmp_path / "a.txt").write_text("hello world\n" * 500)
+    r = run_cli("prepare", tmp_path / "a.txt", "--out", tmp_path / "out", "--num-proc", "100000")
+    assert r.returncode == 0, r.stderr[-500:]
+    assert f"num_proc 100000 is more than the {usable_cpus()} usable CPUs; using {usable_cpus()}" in r.stderr
+
+
+def test_stale_temp_files_of_dead_writers_removed(tmp_path):
+    import subprocess
+
+    from gpt2kit.fileio import atomic_dir
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    out = tmp_path / "out"
+    out.mkdir()
+    (tmp_path / f"out.tmp{dead.pid}").mkdir()  # a killed run's temp dir
+    (tmp_path / f"out.tmp{os.getppid()}").mkdir()  # a live process's: left alone
+    (out / f"train.bin.tmp{dead.pid}").write_bytes(b"x")
+    with atomic_dir(out) as tmp:
+        open(os.path.join(tmp, "meta.json"), "w").close()
+    assert sorted(os.listdir(tmp_path)) == ["out", f"out.tmp{os.getppid()}"]
+    assert sorted(os.listdir(out)) == ["meta.json"]

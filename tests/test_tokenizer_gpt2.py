@@ -90,3 +90,53 @@ def test_explain_shows_pieces_and_merges(ref):
     assert [s["piece"] for s in steps] == ["hello", " world"]
     assert steps[0]["ids"] == [31373] and steps[1]["ids"] == [995]
     assert steps[0]["merges"][-1][2] == ["hello"]
+
+
+# -- pathological whitespace (issue 16 item 5) --------------------------------------------------
+
+_WS_MIX = [" ", "\n", "\t", "\r", "\x0b", "\xa0", "\u3000", "\u2029", "\x1c", "a", "Z", "1", "'", "s", "!", "é", "中", "😀"]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_WS_MIX), st.integers(1, 12)), max_size=30), st.integers(2, 6))
+def test_long_whitespace_cut_equals_tiktoken(monkeypatch_runs, limit):
+    """With the cut-out threshold lowered to a few characters, every whitespace/text mix is
+    encoded through the cut path, and must give tiktoken's own ids for the whole text."""
+    import gpt2kit.tokenization.gpt2 as g
+
+    text = "".join(c * k for c, k in monkeypatch_runs)
+    whole = g._tiktoken_encoding().encode_ordinary(text)
+    saved = g.WS_RUN_LIMIT
+    g.WS_RUN_LIMIT = limit
+    try:
+        assert TOK.encode_ordinary(text) == whole
+        assert TOK.encode(text + "<|endoftext|>" + text, allowed_special="all") == whole + [50256] + whole
+        assert TOK.encode_ordinary_batch([text, "x"]) == [whole, [87]]
+    finally:
+        g.WS_RUN_LIMIT = saved
+
+
+def test_split_long_whitespace_pieces():
+    from gpt2kit.tokenization.gpt2 import split_long_whitespace
+
+    assert split_long_whitespace("a     b", 3) == [("a", False), ("    ", True), (" b", False)]
+    assert split_long_whitespace("a \n\n\n", 3) == [("a", False), (" \n\n\n", True)]
+    assert split_long_whitespace("ab", 3) == [("ab", False)]
+
+
+@pytest.mark.parametrize("unit", [" ", "\n", " \n", "\t "])
+def test_million_whitespace_encodes_like_tiktoken_at_scale(unit):
+    """tiktoken panics at 10**6 whitespace characters; at 3*10**5 it still works, and the ids
+    are the same pattern repeated, so the 10**6 result is checked against that pattern."""
+    from gpt2kit.tokenization.gpt2 import _tiktoken_encoding
+
+    enc = _tiktoken_encoding()
+    run = enc._encode_single_piece(unit * 4)
+    small_n, big_n = 300_000 // len(unit), 1_000_000 // len(unit)
+    small = enc.encode_ordinary("a" + unit * small_n + "b")
+    assert TOK.encode_ordinary("a" + unit * small_n + "b") == small
+    big = TOK.encode("a" + unit * big_n + "b")
+    head, tail = small[: small.index(run[0])], small[len(small) - len(enc.encode_ordinary(unit[-1] + "b")):]
+    assert big[: len(head)] == head and big[len(big) - len(tail):] == tail
+    middle = enc._encode_single_piece((unit * big_n)[:-1])
+    assert big == head + middle + tail

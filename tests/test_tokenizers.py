@@ -514,3 +514,50 @@ def test_checkpoint_restores_tokenizer_and_generate_streams_it(kinds, kind, tmp_
     assert full.startswith(shown)  # bert's decode re-spaces the prompt; the others give it back exactly
     assert shown == prompt or kind == "bert"
     assert capsys.readouterr().out == prompt + full[len(shown):] + "\n"
+
+
+# -- jieba in linear time (issue 16 item 8) ------------------------------------------------------
+
+_JIEBA_MIX = st.lists(st.one_of(st.sampled_from(sorted(set(CORPUS)) + [" ", "\r\n", "，", "。"]),
+                                st.text(st.sampled_from(list("中文明月ab1")), min_size=1, max_size=12)), max_size=60)
+
+
+@HYP
+@given(parts=_JIEBA_MIX)
+def test_word_segment_in_pieces_equals_jieba_whole(parts):
+    """Feeding jieba bounded pieces (cut before a han/alphanumeric block) changes nothing while no
+    block is longer than the limit: lowered here so that almost every text is cut."""
+    import jieba
+
+    import gpt2kit.tokenization.word as word
+
+    text = "".join(parts)
+    saved = word.BLOCK_CHARS
+    word.BLOCK_CHARS = 12
+    try:
+        if all(len(b) <= 12 for b in jieba.re_han_default.findall(text)):
+            assert word.segment(text) == list(word._jieba().cut(text))
+    finally:
+        word.BLOCK_CHARS = saved
+
+
+@pytest.mark.parametrize("name", ["tang", "song"])
+def test_word_segment_equals_jieba_on_shared_corpora(name):
+    from gpt2kit.tokenization.word import _jieba, segment
+
+    text = shared(name)
+    assert segment(text) == list(_jieba().cut(text))
+    assert segment(text, hmm=False) == list(_jieba().cut(text, HMM=False))
+
+
+@pytest.mark.parametrize("unit", ["a", "中文", pytest.param("中", marks=pytest.mark.slow)])
+def test_word_megabyte_run_without_spaces(unit):
+    """A megabyte with no space or punctuation (minutes in jieba as a whole) segments in seconds;
+    every piece but the block cuts is jieba's, and the pieces rebuild the text."""
+    from gpt2kit.tokenization.word import BLOCK_CHARS, _jieba, segment
+
+    text = unit * (1_000_000 // len(unit))
+    words = segment(text)
+    assert "".join(words) == text
+    block = list(_jieba().cut(text[:BLOCK_CHARS]))
+    assert words[: len(block)] == block

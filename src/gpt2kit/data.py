@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import GPT2KitError
-from .fileio import atomic_path, read_json, write_json_atomic
+from .fileio import atomic_dir, atomic_path, read_json, write_json_atomic
 
 MAGIC = b"GPT2KTOK"
 VERSION = 1
@@ -46,7 +46,7 @@ def write_tokens(path: str, ids: np.ndarray, n_vocab: int) -> None:
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             f.write(HEADER.pack(MAGIC, VERSION, np.dtype(dtype).itemsize, ids.size))
-            ids.astype(dtype, copy=False).tofile(f)
+            f.write(np.ascontiguousarray(ids, dtype=dtype).data)  # not tofile(): its OSError loses the errno (ENOSPC)
 
 
 def read_tokens(path: str) -> np.memmap:
@@ -130,28 +130,19 @@ def _expand(inputs: list[str]) -> list[str]:
     return out
 
 
-def split_for_workers(text: str, target: int = 1 << 16) -> list[str]:
-    """Cut text into ~target-char chunks at boundaries no tokenizer merges across.
-
-    A cut goes right after a newline that sits between two non-space characters: GPT-2's
-    regex (and HF's byte-level pre-tokenizer) always ends a piece there.
-    """
-    chunks, start = [], 0
-    while len(text) - start > target:
-        i = start + target
-        while i < len(text) - 1 and not (text[i - 1] == "\n" and not text[i].isspace() and not text[i - 2].isspace()):
-            i += 1
-        if i >= len(text) - 1:
-            break
-        chunks.append(text[start:i])
-        start = i
-    chunks.append(text[start:])
-    return chunks
-
-
 # -- prepare -------------------------------------------------------------------------------------
 
 _WORKER_TOK = None
+WORKER_CHUNK_CHARS = 1 << 16
+DATA_FILES = ("train.bin", "val.bin", "meta.json", "tokenizer")
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
 
 
 def _init_worker(tok_dir: str) -> None:
@@ -162,7 +153,12 @@ def _init_worker(tok_dir: str) -> None:
 
 
 def _encode_chunk(chunk: str) -> np.ndarray:
-    return np.asarray(_WORKER_TOK.encode_ordinary(chunk), dtype=np.uint32)
+    try:
+        return np.asarray(_WORKER_TOK.encode_ordinary(chunk), dtype=np.uint32)
+    except Exception:
+        raise
+    except BaseException as e:  # e.g. a Rust panic (PanicException): send back a plain, picklable error
+        raise RuntimeError(f"{type(e).__name__}: {e}") from None
 
 
 @dataclass
@@ -190,16 +186,17 @@ def prepare(
 
     The split is by position in the token stream: the first (1 - val_fraction) is train, as in
     nanoGPT's shakespeare_char (so tiny shakespeare gives 1,003,854 / 111,540 char tokens).
+    out_dir is built in a temp sibling and swapped in whole (fileio.atomic_dir): a failed or
+    killed run leaves an existing data dir as it was.
     """
-    from tqdm import tqdm
-
     from . import tokenization
     from .tokenization import build_tokenizer
 
     if not 0.0 < val_fraction < 1.0:
         raise GPT2KitError(f"val fraction must be in (0, 1), got {val_fraction}")
-    if num_proc < 1:
-        raise GPT2KitError(f"num_proc must be >= 1, got {num_proc}")
+    num_proc = _cap_num_proc(num_proc)
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise GPT2KitError(f"out_dir {out_dir} is a file; give a directory path for the prepared data")
     docs = list(iter_documents(inputs, field=field, doc_sep=doc_sep))
     if not docs or not any(docs):
         raise GPT2KitError(f"no text found in {inputs}")
@@ -207,53 +204,82 @@ def prepare(
     # explicitly, so they stay apart in the token stream; kinds that load from files ignore these.
     delimited = doc_sep is not None or any(p.endswith((".jsonl", ".jsonl.txt")) for p in _expand(inputs))
     tok = build_tokenizer(tokenizer, docs, min_freq=min_freq, eot=delimited, num_proc=num_proc)
-    os.makedirs(out_dir, exist_ok=True)
-    tok_dir = os.path.join(out_dir, "tokenizer")
-    tok.save(tok_dir)
+    with atomic_dir(out_dir, owns=DATA_FILES) as tmp:
+        tok_dir = os.path.join(tmp, "tokenizer")
+        tok.save(tok_dir)
+        ids = _encode_documents(docs, tok_dir, tok.eot_token, num_proc, progress)
+        n_train = int(len(ids) * (1.0 - val_fraction))  # nanoGPT: train = data[:int(n * 0.9)]
+        n_val = len(ids) - n_train
+        if n_train < 2 or n_val < 2:
+            raise GPT2KitError(f"only {len(ids)} tokens: too little text to split into train and val")
+        write_tokens(os.path.join(tmp, "train.bin"), ids[:n_train], tok.n_vocab)
+        write_tokens(os.path.join(tmp, "val.bin"), ids[n_train:], tok.n_vocab)
+        unknown_rate = None if tok.unk_token is None else tokenization.unknown_rate(tok, ids)
+        write_json_atomic(os.path.join(tmp, "meta.json"), {
+            "gpt2kit_data_version": VERSION, "tokenizer": tok.spec() | {"kind": tok.kind}, "n_vocab": tok.n_vocab,
+            "train_tokens": int(n_train), "val_tokens": int(n_val), "documents": len(docs),
+            "unknown_rate": unknown_rate, "sources": [os.path.abspath(p) for p in _expand(inputs)],
+        })
+    return PrepareResult(out_dir, tok.n_vocab, int(n_train), int(n_val), unknown_rate)
+
+
+def _cap_num_proc(num_proc: int) -> int:
+    """num_proc, at most the usable CPU count (more workers only cost memory), saying so when capped."""
+    import sys
+
+    if num_proc < 1:
+        raise GPT2KitError(f"num_proc must be >= 1, got {num_proc}")
+    cpus = usable_cpus()
+    if num_proc > cpus:
+        print(f"note: num_proc {num_proc} is more than the {cpus} usable CPUs; using {cpus}", file=sys.stderr)
+    return min(num_proc, cpus)
+
+
+def _encode_documents(docs: list[str], tok_dir: str, eot: int | None, num_proc: int, progress: bool) -> np.ndarray:
+    """All documents' ids in order, each followed by eot (if any), encoded by num_proc processes.
+
+    Any failure, a worker's BaseException or a worker killed outright included, becomes one
+    GPT2KitError: concurrent.futures reports both (multiprocessing.Pool loses such a task and waits forever).
+    """
+    from tqdm import tqdm
+
+    from .tokenization.corpus import chunk_text
 
     chunks, doc_of_chunk = [], []
     for d, doc in enumerate(docs):
-        for c in split_for_workers(doc):
+        for c in chunk_text(doc, WORKER_CHUNK_CHARS):
             chunks.append(c)
             doc_of_chunk.append(d)
     bar = tqdm(total=sum(map(len, chunks)), unit="char", unit_scale=True, desc="tokenizing", disable=not progress)
     parts: list[np.ndarray] = []
-    if num_proc == 1:
-        _init_worker(tok_dir)
-        encoded = map(_encode_chunk, chunks)
-    else:
-        import multiprocessing as mp
-
-        pool = mp.get_context("spawn" if os.name == "nt" else "fork").Pool(num_proc, _init_worker, (tok_dir,))
-        # many small documents (poems, JSONL rows) go to workers in batches: one round trip each is slower than encoding it
-        encoded = pool.imap(_encode_chunk, chunks, chunksize=max(1, len(chunks) // (32 * num_proc)))
-    eot = tok.eot_token
+    pool = None
     try:
+        if num_proc == 1:
+            _init_worker(tok_dir)
+            encoded = map(_encode_chunk, chunks)
+        else:
+            import multiprocessing as mp
+            from concurrent.futures import ProcessPoolExecutor
+
+            pool = ProcessPoolExecutor(num_proc, mp.get_context("spawn" if os.name == "nt" else "fork"), _init_worker, (tok_dir,))
+            # many small documents (poems, JSONL rows) go to workers in batches: one round trip each is slower than encoding it
+            encoded = pool.map(_encode_chunk, chunks, chunksize=max(1, len(chunks) // (32 * num_proc)))
         for i, ids in enumerate(encoded):
             parts.append(ids)
             bar.update(len(chunks[i]))
             last_of_doc = i + 1 == len(chunks) or doc_of_chunk[i + 1] != doc_of_chunk[i]
             if last_of_doc and eot is not None:
                 parts.append(np.asarray([eot], dtype=np.uint32))
+    except (GPT2KitError, KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:
+        msg = (str(e).splitlines() or [""])[0][:200]
+        raise GPT2KitError(f"tokenizing failed ({type(e).__name__}: {msg}); the input cannot be encoded by this tokenizer") from None
     finally:
-        if num_proc > 1:
-            pool.close()
-            pool.join()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
-    ids = np.concatenate(parts)
-    n_train = int(len(ids) * (1.0 - val_fraction))  # nanoGPT: train = data[:int(n * 0.9)]
-    n_val = len(ids) - n_train
-    if n_train < 2 or n_val < 2:
-        raise GPT2KitError(f"only {len(ids)} tokens: too little text to split into train and val")
-    write_tokens(os.path.join(out_dir, "train.bin"), ids[:n_train], tok.n_vocab)
-    write_tokens(os.path.join(out_dir, "val.bin"), ids[n_train:], tok.n_vocab)
-    unknown_rate = None if tok.unk_token is None else tokenization.unknown_rate(tok, ids)
-    write_json_atomic(os.path.join(out_dir, "meta.json"), {
-        "gpt2kit_data_version": VERSION, "tokenizer": tok.spec() | {"kind": tok.kind}, "n_vocab": tok.n_vocab,
-        "train_tokens": int(n_train), "val_tokens": int(n_val), "documents": len(docs),
-        "unknown_rate": unknown_rate, "sources": [os.path.abspath(p) for p in _expand(inputs)],
-    })
-    return PrepareResult(out_dir, tok.n_vocab, int(n_train), int(n_val), unknown_rate)
+    return np.concatenate(parts)
 
 
 # -- batches -------------------------------------------------------------------------------------

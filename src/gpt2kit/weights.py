@@ -14,7 +14,7 @@ from . import checkpoint
 from .checkpoint import FORMAT_VERSION, TRANSPOSED, WEIGHTS_FILE, ModelDir, gpt2kit_key, read_model_dir
 from .config import GPTConfig
 from .errors import GPT2KitError
-from .fileio import atomic_path, write_json_atomic
+from .fileio import atomic_dir, atomic_path, write_json_atomic
 from .hub import HUB_FILES, download, hub_repo, resolve_model_path  # noqa: F401  (re-exported; torch-free home)
 from .model import GPT
 
@@ -123,22 +123,22 @@ def load_dir(d: ModelDir) -> GPT:
 
 
 def save_model(model: GPT, directory: str | os.PathLike, tokenizer=None, meta: dict | None = None) -> None:
-    """Write a gpt2kit checkpoint directory; each file is replaced atomically."""
+    """Write a gpt2kit checkpoint directory, swapped in as a whole (fileio.atomic_dir): a failed
+    or killed save leaves the previous checkpoint complete. Other entries of `directory` (a run's
+    state/, logs) are kept."""
     from safetensors.torch import save_file
 
-    directory = os.fspath(directory)
-    os.makedirs(directory, exist_ok=True)
     model = getattr(model, "_orig_mod", model)  # torch.compile wrapper: save the plain module's keys
     model = getattr(model, "module", model)  # DDP wrapper
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != "lm_head.weight"}
-    with atomic_path(os.path.join(directory, "model.safetensors")) as tmp:
-        save_file(sd, tmp, metadata={"format": "pt", "gpt2kit_version": str(FORMAT_VERSION)})
-    if tokenizer is not None:
-        tokenizer.save(os.path.join(directory, "tokenizer"))
-    if meta is not None:
-        write_json_atomic(os.path.join(directory, "meta.json"), meta)
-    # config.json last: its presence marks a complete checkpoint
-    write_json_atomic(os.path.join(directory, "config.json"), {"gpt2kit_version": FORMAT_VERSION, "model": model.config.to_dict()})
+    with atomic_dir(directory) as tmp:
+        with atomic_path(os.path.join(tmp, "model.safetensors")) as f:
+            save_file(sd, f, metadata={"format": "pt", "gpt2kit_version": str(FORMAT_VERSION)})
+        if tokenizer is not None:
+            tokenizer.save(os.path.join(tmp, "tokenizer"))
+        if meta is not None:
+            write_json_atomic(os.path.join(tmp, "meta.json"), meta)
+        write_json_atomic(os.path.join(tmp, "config.json"), {"gpt2kit_version": FORMAT_VERSION, "model": model.config.to_dict()})
 
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,

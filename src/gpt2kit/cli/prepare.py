@@ -22,10 +22,13 @@ def register(sub) -> None:
 
 
 def cmd_prepare(args) -> int:
+    import sys
+
     from gpt2kit.data import prepare
 
     r = prepare(args.inputs, args.out, args.tokenizer, val_fraction=args.val_fraction, field=args.field,
-                doc_sep=args.doc_sep, num_proc=args.num_proc, min_freq=args.min_freq)
+                doc_sep=args.doc_sep, num_proc=args.num_proc, min_freq=args.min_freq,
+                progress=sys.stderr.isatty())  # a progress bar only for a person watching, not in logs
     unk = "" if r.unknown_rate is None else f", unknown-token rate {r.unknown_rate:.4%}"
     print(f"wrote {r.out_dir}: vocab {r.n_vocab}, train {r.train_tokens:,} tokens, val {r.val_tokens:,} tokens{unk}")
     if r.unknown_rate is not None and r.unknown_rate > 0.01:

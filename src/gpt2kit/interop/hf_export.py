@@ -11,32 +11,38 @@ from __future__ import annotations
 import os
 import shutil
 
-from ..fileio import atomic_path, write_json_atomic
+from ..fileio import atomic_dir, atomic_path, write_json_atomic
+
+
+# everything an export may write: a re-export replaces all of it (a stale vocab.json must not outlive a tokenizer change)
+HF_FILES = ("config.json", "generation_config.json", "model.safetensors", "vocab.json", "merges.txt",
+            "tokenizer_config.json", "tokenizer")
 
 
 def export_hf(model, tokenizer, out_dir: str) -> None:
+    """Write the folder in a temp sibling and swap it in whole (fileio.atomic_dir)."""
     from safetensors.torch import save_file
 
     from ..weights import to_hf_state_dict
     from .common import add_zero_biases
 
     model = getattr(model, "_orig_mod", model)
-    os.makedirs(out_dir, exist_ok=True)
     sd = add_zero_biases(to_hf_state_dict(model), model.config)  # HF's GPT-2 always has biases
     sd = {k: v.detach().cpu().contiguous() for k, v in sd.items()}
-    with atomic_path(os.path.join(out_dir, "model.safetensors")) as tmp:
-        save_file(sd, tmp, metadata={"format": "pt"})
     cfg = model.config.to_hf()
-    if tokenizer is not None and tokenizer.kind == "gpt2":
-        _write_gpt2_tokenizer(out_dir, model.config.block_size)
-    else:
-        eot = tokenizer.eot_token if tokenizer is not None else None
-        cfg["bos_token_id"] = cfg["eos_token_id"] = eot  # 50256 means nothing in another vocabulary
-        if tokenizer is not None:
-            tokenizer.save(os.path.join(out_dir, "tokenizer"))
-    write_json_atomic(os.path.join(out_dir, "generation_config.json"),
-                      {"bos_token_id": cfg["bos_token_id"], "eos_token_id": cfg["eos_token_id"]})
-    write_json_atomic(os.path.join(out_dir, "config.json"), cfg)  # last: marks a complete export
+    with atomic_dir(out_dir, owns=HF_FILES) as tmp:
+        with atomic_path(os.path.join(tmp, "model.safetensors")) as f:
+            save_file(sd, f, metadata={"format": "pt"})
+        if tokenizer is not None and tokenizer.kind == "gpt2":
+            _write_gpt2_tokenizer(tmp, model.config.block_size)
+        else:
+            eot = tokenizer.eot_token if tokenizer is not None else None
+            cfg["bos_token_id"] = cfg["eos_token_id"] = eot  # 50256 means nothing in another vocabulary
+            if tokenizer is not None:
+                tokenizer.save(os.path.join(tmp, "tokenizer"))
+        write_json_atomic(os.path.join(tmp, "generation_config.json"),
+                          {"bos_token_id": cfg["bos_token_id"], "eos_token_id": cfg["eos_token_id"]})
+        write_json_atomic(os.path.join(tmp, "config.json"), cfg)
 
 
 def _write_gpt2_tokenizer(out_dir: str, n_ctx: int) -> None:

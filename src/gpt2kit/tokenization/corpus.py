@@ -1,28 +1,29 @@
-"""Reading training text: UTF-8 files in ~1M-character chunks, with one-line errors."""
+"""Reading training text: UTF-8 files in ~1M-character chunks, with one-line errors; the one text chunker."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator, Sequence
 
 from ..errors import GPT2KitError
 
 CHUNK_CHARS = 1 << 20
+# a newline between two non-space characters: GPT-2's regex (and HF's byte-level pre-tokenizer)
+# always ends a piece there, and jieba segments the two sides apart, so no tokenizer merges across it
+_SAFE_CUT = re.compile(r"(?<=\S\n)(?=\S)")
 
 
-def _chunks(text: str) -> Iterator[str]:
-    """Split a file into ~1M-char pieces at 'x\\nY' boundaries (both sides non-space), where
-    GPT-2's regex always splits too, so training sees the same pieces encoding will."""
-    import regex
-
-    boundary = regex.compile(r"(?<=\S\n)(?=\S)")
+def chunk_text(text: str, target: int = CHUNK_CHARS) -> Iterator[str]:
+    """Split text into ~target-char pieces (longer where no cut exists) at 'x\\nY' boundaries,
+    so that tokenizing the pieces one by one gives the same tokens as tokenizing the whole."""
     start = 0
-    while len(text) - start > CHUNK_CHARS:
-        m = boundary.search(text, start + CHUNK_CHARS)
+    while len(text) - start > target:
+        m = _SAFE_CUT.search(text, start + target)
         if m is None:
             break
         yield text[start:m.start()]
         start = m.start()
-    if start < len(text):
+    if start < len(text) or not text:
         yield text[start:]
 
 
@@ -38,4 +39,4 @@ def read_text_files(files: Sequence[str | os.PathLike]) -> Iterator[str]:
             raise GPT2KitError(f"{path} is a directory; give text files (e.g. DIR/*.txt)") from None
         except UnicodeDecodeError as e:
             raise GPT2KitError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}); convert it, e.g. `iconv -f GBK -t UTF-8`") from None
-        yield from _chunks(text)
+        yield from chunk_text(text)

@@ -10,6 +10,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 from collections.abc import Sequence
 
 from ..errors import GPT2KitError
@@ -19,6 +20,41 @@ from .base import ENDOFTEXT, Tokenizer, special_token_error
 PAT_STR = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 ENCODER_SHA256 = "196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783"
 VOCAB_BPE_SHA256 = "1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5"
+# Unicode White_Space: what \s means in PAT_STR (tiktoken's Rust regex)
+WHITE_SPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000"
+# Whitespace runs at least this long are cut out before tiktoken: its backtracking of `\s+(?!\S)`
+# overflows the regex stack near a million characters (a Rust panic), and is slow before that.
+WS_RUN_LIMIT = 1 << 15
+
+
+@functools.lru_cache(maxsize=4)
+def _ws_run(limit: int) -> re.Pattern:
+    return re.compile(f"[{WHITE_SPACE}]{{{limit},}}")
+
+
+def split_long_whitespace(text: str, limit: int | None = None) -> list[tuple[str, bool]]:
+    r"""(segment, is_one_piece) pairs that concatenate to text, where each whitespace run of
+    `limit`+ characters is cut out as exactly the piece GPT-2's regex makes of it.
+
+    The regex has no lookbehind, so pieces from a piece boundary on depend only on the text
+    from there: encoding the segments one by one gives the ids of the whole. A run always starts
+    a piece (nothing before it takes whitespace). Followed by a non-space, `\s+(?!\S)` takes
+    all but the run's last character, which starts the next piece (" word"); at the end of
+    the text it takes the whole run.
+    """
+    limit = max(2, limit or WS_RUN_LIMIT)
+    out: list[tuple[str, bool]] = []
+    start = 0
+    for m in _ws_run(limit).finditer(text):
+        i, j = m.span()
+        end = j if j == len(text) else j - 1
+        if i > start:
+            out.append((text[start:i], False))
+        out.append((text[i:end], True))
+        start = end
+    if start < len(text) or not out:
+        out.append((text[start:], False))
+    return out
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -109,22 +145,41 @@ class GPT2Tokenizer(Tokenizer):
     def encode(self, text: str, *, allowed_special="none_raise", disallowed_special="all") -> list[int]:
         if allowed_special == "none_raise":
             allowed_special = set()
-        try:
-            return self._enc.encode(text, allowed_special=allowed_special, disallowed_special=disallowed_special)
-        except ValueError as e:
-            if "disallowed special token" in str(e):
-                raise special_token_error(ENDOFTEXT) from None
-            raise
+        allowed = allowed_special == "all" or ENDOFTEXT in allowed_special
+        if not allowed and (disallowed_special == "all" or ENDOFTEXT in disallowed_special) and ENDOFTEXT in text:
+            raise special_token_error(ENDOFTEXT)
+        if not allowed:
+            return self.encode_ordinary(text)
+        out: list[int] = []
+        for k, part in enumerate(text.split(ENDOFTEXT)):  # as tiktoken: specials first, then the regex on each part
+            out.extend([self.eot_token] * bool(k) + self.encode_ordinary(part))
+        return out
 
     def encode_ordinary(self, text: str) -> list[int]:
-        return self._enc.encode_ordinary(text)
+        """tiktoken's ids, with long whitespace runs BPE-encoded as the single pieces they are
+        (split_long_whitespace): same ids, linear time, no regex stack overflow."""
+        segments = split_long_whitespace(text)
+        if len(segments) == 1 and not segments[0][1]:
+            return self._enc.encode_ordinary(text)
+        out: list[int] = []
+        for seg, one_piece in segments:
+            out.extend(self._enc._encode_single_piece(seg) if one_piece else self._enc.encode_ordinary(seg))
+        return out
+
+    def _has_long_whitespace(self, texts: Sequence[str]) -> bool:
+        run = _ws_run(max(2, WS_RUN_LIMIT))
+        return any(run.search(t) for t in texts)
 
     def encode_batch(self, texts: Sequence[str], *, num_threads: int = 8, allowed_special="none_raise", disallowed_special="all") -> list[list[int]]:
+        if self._has_long_whitespace(texts):
+            return [self.encode(t, allowed_special=allowed_special, disallowed_special=disallowed_special) for t in texts]
         if allowed_special == "none_raise":
             allowed_special = set()
         return self._enc.encode_batch(list(texts), num_threads=num_threads, allowed_special=allowed_special, disallowed_special=disallowed_special)
 
     def encode_ordinary_batch(self, texts: Sequence[str], *, num_threads: int = 8) -> list[list[int]]:
+        if self._has_long_whitespace(texts):
+            return [self.encode_ordinary(t) for t in texts]
         return self._enc.encode_ordinary_batch(list(texts), num_threads=num_threads)
 
     def token_bytes(self, token: int) -> bytes:

@@ -31,9 +31,37 @@ def _jieba():
     return seg
 
 
+# jieba segments each run of han/alphanumeric characters (a "block", its re_han_default) on its
+# own, and its HMM pass copies paths, so a block costs time quadratic in its length (a megabyte
+# without spaces or punctuation: minutes). Text is fed to jieba in pieces cut before a block,
+# which changes nothing; a block longer than BLOCK_CHARS (no natural text has one) is cut every
+# BLOCK_CHARS characters, the one place the result can differ from jieba on the whole text.
+BLOCK_CHARS = 256
+
+
 def segment(text: str, hmm: bool = True) -> list[str]:
-    """jieba's default-mode pieces of text; they concatenate back to text exactly."""
-    return list(_jieba().cut(text, cut_all=False, HMM=hmm))
+    """jieba's default-mode pieces of text, in linear time; they concatenate back to text exactly."""
+    seg = _jieba()
+    return [w for piece in _bounded_pieces(text) for w in seg.cut(piece, cut_all=False, HMM=hmm)]
+
+
+def _bounded_pieces(text: str) -> Iterable[str]:
+    import jieba
+
+    limit, start = BLOCK_CHARS, 0
+    for m in jieba.re_han_default.finditer(text):
+        s, e = m.span()
+        if s - start >= limit:  # enough gathered: cut before this block, where jieba cuts too
+            yield text[start:s]
+            start = s
+        if e - s > limit:
+            if s > start:
+                yield text[start:s]
+            for k in range(s, e, limit):
+                yield text[k:min(k + limit, e)]
+            start = e
+    if start < len(text):
+        yield text[start:]
 
 
 def count_words(texts: Iterable[str], hmm: bool = True, num_proc: int = 1) -> tuple[Counter, Counter]:
@@ -50,23 +78,18 @@ def count_words(texts: Iterable[str], hmm: bool = True, num_proc: int = 1) -> tu
 
 
 def _batches(texts: Iterable[str], target: int = 1 << 16) -> Iterable[list[str]]:
-    """Group texts into ~target-char batches, cutting long texts after a newline (jieba never joins across one)."""
+    """Group texts into ~target-char batches, long texts cut by corpus.chunk_text (jieba segments its pieces alike)."""
+    from .corpus import chunk_text
+
     batch: list[str] = []
     size = 0
     for t in texts:
-        start = 0
-        while len(t) - start > target:
-            cut = t.find("\n", start + target)
-            if cut < 0:
-                break
-            batch.append(t[start:cut + 1])
-            yield batch
-            batch, size, start = [], 0, cut + 1
-        batch.append(t[start:])
-        size += len(t) - start
-        if size >= target:
-            yield batch
-            batch, size = [], 0
+        for piece in chunk_text(t, target):
+            batch.append(piece)
+            size += len(piece)
+            if size >= target:
+                yield batch
+                batch, size = [], 0
     if batch:
         yield batch
 
@@ -82,8 +105,11 @@ def _count_parallel(texts: Iterable[str], hmm: bool, num_proc: int) -> tuple[Cou
     ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
     words: Counter = Counter()
     chars: Counter = Counter()
-    with ctx.Pool(num_proc) as pool:
-        for w, c in pool.imap_unordered(_count_batch, ((b, hmm) for b in _batches(texts))):
+    from concurrent.futures import ProcessPoolExecutor
+
+    # an executor, not mp.Pool: a worker that dies or raises a BaseException fails the call instead of hanging it
+    with ProcessPoolExecutor(num_proc, mp_context=ctx) as pool:
+        for w, c in pool.map(_count_batch, ((b, hmm) for b in _batches(texts))):
             words.update(w)
             chars.update(c)
     return words, chars
