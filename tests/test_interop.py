@@ -381,7 +381,7 @@ def test_nanogpt_char_checkpoint_converts_only_with_trust_pickle(tmp_path):
 
     with pytest.raises(GPT2KitError) as e:
         load_nanogpt(str(out / "ckpt.pt"))
-    one_line_error(e, "meta.pkl", "--trust-pickle", "arbitrary code")
+    one_line_error(e, "meta.pkl", "trust_pickle=True", "arbitrary code")
     r = cli("convert", out / "ckpt.pt", "--out", tmp_path / "x")
     assert r.returncode == 2 and "--trust-pickle" in r.stderr and r.stderr.count("\n") == 1
 

@@ -88,7 +88,7 @@ def iter_documents(inputs: list[str], field: str = "text", doc_sep: str | None =
                     try:
                         doc = json.loads(line)[field]
                     except (json.JSONDecodeError, KeyError, TypeError):
-                        raise GPT2KitError(f"{path}:{n} is not a JSON object with a {field!r} field; pass --field NAME") from None
+                        raise GPT2KitError(f"{path}:{n} is not a JSON object with a {field!r} field; pass field=NAME") from None
                     yield str(doc)
             continue
         try:
@@ -304,7 +304,7 @@ class TokenData:
     def check_block_size(self, block_size: int) -> None:
         for s, arr in self.splits.items():
             if len(arr) <= block_size:
-                raise GPT2KitError(f"the {s} split has {len(arr)} tokens, fewer than block_size + 1 = {block_size + 1}; use a smaller --block-size or more data")
+                raise GPT2KitError(f"the {s} split has {len(arr)} tokens, fewer than block_size + 1 = {block_size + 1}; use a smaller block_size= or more data")
 
     def batch(self, split: str, batch_size: int, block_size: int, key: tuple[int, ...]):
         """(x, y) int64 arrays (B, T) from offsets drawn by Generator(key): same key, same batch."""

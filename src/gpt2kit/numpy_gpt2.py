@@ -281,7 +281,7 @@ def load(name_or_path: str | os.PathLike = "gpt2") -> NumpyGPT2:
     """(params, config) from a hub name (HF cache), an HF GPT-2 directory or a gpt2kit checkpoint directory."""
     d = read_model_dir(resolve_model_path(name_or_path))
     if not os.path.exists(d.weights):
-        raise GPT2KitError(f"no model.safetensors in {d.path}; the NumPy backend reads safetensors only (use --backend torch for pytorch_model.bin)")
+        raise GPT2KitError(f"no model.safetensors in {d.path}; the NumPy backend reads safetensors only (use backend='torch' for pytorch_model.bin)")
     return NumpyGPT2(params_from_state_dict(read_safetensors(d.weights), d.config, linear_out_in=not d.hf, source=d.path), d.config)
 
 
@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
 
-    from .tokenization import get_tokenizer
+    from .loading import load as load_checked
 
     p = argparse.ArgumentParser(prog="python -m gpt2kit.numpy_gpt2", description="Generate with GPT-2 in pure NumPy (greedy by default, like picoGPT).")
     p.add_argument("prompt", help="the text to continue")
@@ -304,11 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None)
     args = p.parse_args(argv)
     try:
-        path = resolve_model_path(args.model)
-        model = load(path)
-        tok = get_tokenizer(args.tokenizer or path)
-        if tok.n_vocab != model.config.vocab_size:
-            raise GPT2KitError(f"the tokenizer has {tok.n_vocab} tokens but the model expects {model.config.vocab_size}; pass the model's own --tokenizer")
+        model, tok = load_checked(args.model, args.tokenizer, backend="numpy")  # vocab checked, torch never imported
         ids = tok.encode(args.prompt)
         decoder = tok.stream_decoder()  # holds back bytes of a character split across tokens
         sys.stdout.write(args.prompt)

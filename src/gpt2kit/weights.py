@@ -154,7 +154,7 @@ def load_model(name_or_path: str | os.PathLike = "gpt2", *, dtype: torch.dtype |
     if isinstance(dtype, str) and dtype not in DTYPES and dtype != "int8":
         raise GPT2KitError(f"unknown dtype {dtype!r}; use float32, bfloat16, float16 or int8")
     if dtype == "int8" and torch.device(device).type != "cpu":
-        raise GPT2KitError("int8 weights run on the CPU only; use --dtype bfloat16 on a GPU")
+        raise GPT2KitError("int8 weights run on the CPU only; use dtype='bfloat16' on a GPU")
     model = load_dir(read_model_dir(path))
     return to_dtype(model, dtype).to(device)
 

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..errors import GPT2KitError
 from ..fileio import atomic_path
+from ..loading import check_vocab
 
 TOKEN_NORMAL, TOKEN_CONTROL = 1, 3
 DTYPES = {"f32": np.float32, "float32": np.float32, "f16": np.float16, "float16": np.float16}
@@ -86,12 +87,11 @@ def export_gguf(model, tokenizer, path: str, dtype: str = "f32", name: str | Non
     import gguf
 
     if tokenizer is None:
-        raise GPT2KitError("GGUF files carry their tokenizer and this model has none saved; pass --tokenizer")
+        raise GPT2KitError("GGUF files carry their tokenizer and this model has none saved; pass tokenizer=SPEC")
     if dtype not in DTYPES:
         raise GPT2KitError(f"GGUF export dtype must be f32 or f16, not {dtype!r}")
     cfg = model.config
-    if tokenizer.n_vocab != cfg.vocab_size:
-        raise GPT2KitError(f"the tokenizer has {tokenizer.n_vocab} tokens but the model {cfg.vocab_size}; pass the model's own tokenizer")
+    check_vocab(tokenizer, cfg.vocab_size)
     vocab = gguf_vocab(tokenizer)
     f16 = DTYPES[dtype] == np.float16
     with atomic_path(path) as tmp:

@@ -76,7 +76,7 @@ def read_meta_pkl(path: str, trust_pickle: bool):
     if not trust_pickle:
         raise GPT2KitError(
             f"{path} holds the char vocabulary as a pickle, and unpickling a file can run arbitrary code; "
-            "if you trust where it came from, pass --trust-pickle (trust_pickle=True) to read it"
+            "if you trust where it came from, pass trust_pickle=True to read it"
         )
     try:
         with open(path, "rb") as f:
