@@ -72,7 +72,11 @@ def load(args):
 
 
 def stream_samples(model, tok, prompt_ids, args, out=None, show_prompt: str = "") -> None:
+    from gpt2kit.sampling_params import check_sampling, check_seed
+
     out = out or sys.stdout  # looked up per call: a default bound at import would outlive a redirected stdout
+    check_seed(args.seed)  # before any output; the same checks for both backends
+    check_sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
     if args.backend == "numpy":
         import numpy as np
 

@@ -17,7 +17,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import GPT2KitError
-from .engine import Busy, Cancelled, Engine, Generation
+from .engine import Busy, Cancelled, Engine, Generation, RequestFailed
 from .protocol import (ApiError, Collector, ServerLimits, bad, chunk_body, error_body, new_id, parse_completion,
                        usage)
 
@@ -60,6 +60,10 @@ async def until_disconnect(gen: Generation, request: Request):
     finally:
         watcher.cancel()
         gen.cancel()  # no-op when it finished; stops it when the response was abandoned
+
+
+def failure_body(e: RequestFailed) -> dict:
+    return error_body(str(e), "invalid_request_error" if e.client_error else "server_error")
 
 
 def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max_tokens_cap: int = 1024,
@@ -131,7 +135,9 @@ def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max
                 collected.add(pieces)
         except Cancelled:  # the client left: nobody reads this
             return JSONResponse(error_body("the client closed the request"), status_code=499)
-        except RuntimeError as e:  # the engine failed this request
+        except RequestFailed as e:  # the engine failed this request (and only this one)
+            return JSONResponse(failure_body(e), status_code=400 if e.client_error else 500)
+        except RuntimeError as e:  # the server is shutting down
             return JSONResponse(error_body(str(e), "server_error"), status_code=500)
         return JSONResponse(collected.body(cid, model_id, tok, usage(gen.prompt_tokens, gen.completion_tokens)))
 
@@ -146,6 +152,9 @@ def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max
                     chunk["usage"] = None
                 yield event(chunk)
         except Cancelled:
+            return
+        except RequestFailed as e:
+            yield event(failure_body(e))
             return
         except RuntimeError as e:
             yield event(error_body(str(e), "server_error"))

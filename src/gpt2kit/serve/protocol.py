@@ -11,7 +11,8 @@ import uuid
 from dataclasses import dataclass
 
 from ..errors import GPT2KitError
-from ..sampling import SamplingParams
+from ..sampling_params import (SamplingParams, check_repetition_penalty, check_seed, check_temperature,
+                               check_top_p)
 from .rows import Job, Piece, TokenLogprob
 
 MAX_LOGPROBS = 5  # OpenAI's limit for the legacy completions endpoint
@@ -166,11 +167,14 @@ def parse_completion(body, lim: ServerLimits) -> CompletionRequest:
     if top_k is not None and (not _is_int(top_k) or top_k < -1):
         raise bad(f"top_k must be a positive integer (0, -1 or null = no limit), got {top_k!r}", "top_k")
     rp = body.get("repetition_penalty")
-    if rp is not None and (not _is_num(rp) or not math.isfinite(rp) or rp <= 0):
-        raise bad(f"repetition_penalty must be a finite number > 0 (1 = off), got {rp!r}", "repetition_penalty")
+    rp = 1.0 if rp is None else rp
     seed = body.get("seed")
-    if seed is not None and not _is_int(seed):
-        raise bad(f"seed must be an integer, got {seed!r}", "seed")
+    for name, check, v in [("temperature", check_temperature, temperature), ("top_p", check_top_p, top_p),
+                           ("repetition_penalty", check_repetition_penalty, rp), ("seed", check_seed, seed)]:
+        try:
+            check(v)  # the library's own limits (numerically degenerate values), named for the field
+        except GPT2KitError as e:
+            raise bad(str(e), name) from None
     logprobs = _int(body, "logprobs", None, 0, MAX_LOGPROBS)
     stream = _bool(body, "stream", False)
     opts = body.get("stream_options")
@@ -181,7 +185,7 @@ def parse_completion(body, lim: ServerLimits) -> CompletionRequest:
     prompts = _prompts(body.get("prompt"), lim)
     if len(prompts) * n > lim.max_rows:
         raise bad(f"{len(prompts)} prompts x n={n} is {len(prompts) * n} rows but the server batches at most {lim.max_rows}", "n")
-    params = SamplingParams(temperature, top_k if top_k and top_k > 0 else None, top_p, float(rp or 1.0))
+    params = SamplingParams(temperature, top_k if top_k and top_k > 0 else None, top_p, float(rp))
     job = Job(prompts=prompts, max_tokens=max_tokens, params=params, n=n, seed=seed, stop=_stop(body.get("stop")),
               logprobs=logprobs, echo=_bool(body, "echo", False))
     return CompletionRequest(job, stream, bool(opts and opts.get("include_usage")))
