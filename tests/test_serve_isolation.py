@@ -60,7 +60,7 @@ async def _run(url: str, poison: list[dict]) -> tuple[list[str], list[httpx.Resp
         streams = [asyncio.create_task(_stream(c, b, e)) for b, e in zip(STREAMS, started)]
         await asyncio.gather(*(e.wait() for e in started))  # every stream is generating
         # raw JSON text: 10**400 and 2**64 are not float64 values, and a client library would round them
-        answers = await asyncio.gather(*(c.post("/v1/completions", content=json.dumps(b), headers={"content-type": "application/json"})
+        answers = await asyncio.gather(*(c.post("/v1/completions", content=json.dumps(b, ensure_ascii=False).encode(), headers={"content-type": "application/json"})
                                          for b in poison))
         return await asyncio.gather(*streams), answers
 
@@ -181,3 +181,17 @@ def test_nan_model_gets_a_500_with_an_openai_error(tmp_path):
         assert s.health()["status"] == "ok"
     finally:
         s.close()
+
+
+def test_long_stop_strings_are_capped_and_a_full_set_leaves_other_streams_unchanged(server):
+    from gpt2kit.streaming import MAX_STOP_CHARS, MAX_STOP_STRINGS
+
+    issue = {"prompt": "x", "max_tokens": 4, "stop": ["é" * 250_000] * 4}  # the issue's repro: 3.2 s per token before
+    full = {"prompt": "x", "max_tokens": 30, "stop": ["é" * (MAX_STOP_CHARS - 1) + chr(97 + i) for i in range(MAX_STOP_STRINGS)]}
+    alone, _ = asyncio.run(_run(server.url, []))
+    beside, (capped, served) = asyncio.run(_run(server.url, [issue, full]))
+    assert beside == alone
+    assert capped.status_code == 400 and capped.json()["error"]["param"] == "stop"
+    assert f"at most {MAX_STOP_CHARS}" in capped.json()["error"]["message"]
+    assert served.status_code == 200, served.text
+    assert served.json()["usage"]["completion_tokens"] == 30

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from ..errors import GPT2KitError
 from ..sampling_params import (SamplingParams, check_repetition_penalty, check_seed, check_temperature,
                                check_top_p)
+from ..streaming import MAX_STOP_STRINGS, StopStrings, check_stop_limits
 from .rows import Job, Piece, TokenLogprob
 
 MAX_LOGPROBS = 5  # OpenAI's limit for the legacy completions endpoint
-MAX_STOP = 4
 DEFAULT_MAX_TOKENS = 16  # OpenAI's default
 
 
@@ -131,13 +131,18 @@ def _prompts(prompt, lim: ServerLimits) -> list[list[int]]:
     return out
 
 
-def _stop(v) -> list[str]:
+def _stop(v) -> StopStrings:
+    """The stop strings with their matching tables, built here (a worker thread), not in the engine."""
     if v is None:
-        return []
+        return StopStrings()
     stops = [v] if isinstance(v, str) else v
-    if not isinstance(stops, list) or len(stops) > MAX_STOP or not all(isinstance(s, str) and s for s in stops):
-        raise bad(f"stop must be a non-empty string or a list of at most {MAX_STOP} non-empty strings", "stop")
-    return stops
+    if not isinstance(stops, list) or not all(isinstance(s, str) and s for s in stops):
+        raise bad(f"stop must be a non-empty string or a list of at most {MAX_STOP_STRINGS} non-empty strings", "stop")
+    try:
+        check_stop_limits(stops)
+    except GPT2KitError as e:
+        raise bad(str(e), "stop") from None
+    return StopStrings(stops)
 
 
 def parse_completion(body, lim: ServerLimits) -> CompletionRequest:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..generation import TextStreamer
+from ..streaming import StopStrings, TextStreamer
 from ..sampling import (SamplingParams, apply_repetition_penalty, filter_logits, greedy, inverse_cdf, make_total,
                         valid_draw)
 
@@ -27,7 +27,7 @@ class Job:
     params: SamplingParams
     n: int = 1
     seed: int | None = None
-    stop: list[str] = field(default_factory=list)
+    stop: list[str] | StopStrings = field(default_factory=list)  # StopStrings: tables built once, off the engine
     logprobs: int | None = None  # top-N alternatives per token; None = no logprobs
     echo: bool = False
 
