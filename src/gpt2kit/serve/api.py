@@ -2,22 +2,23 @@
 
 Request bodies are capped (2 MB) while they are read; validation and tokenization run in a
 worker thread and generation in the engine thread, so the event loop only moves bytes.
-With an API key, /v1/* needs `Authorization: Bearer KEY`; /health and the page stay public.
+guard.Guard stands in front of every route: the API key (all but /health), CORS and uploads.
+The OpenAPI schema is at /openapi.json (behind the key like the rest).
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import time
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import GPT2KitError
 from .engine import Busy, Cancelled, Engine, Generation, RequestFailed
+from .guard import Guard
 from .protocol import (ApiError, Collector, ServerLimits, bad, chunk_body, error_body, new_id, parse_completion,
                        usage)
 
@@ -67,7 +68,7 @@ def failure_body(e: RequestFailed) -> dict:
 
 
 def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max_tokens_cap: int = 1024,
-               page: bool = True) -> FastAPI:
+               page: bool = True, cors_origins: tuple[str, ...] = ()) -> FastAPI:
     tok, cfg = engine.tokenizer, engine.config
     limits = ServerLimits(model_id=model_id, tokenizer=tok, block_size=cfg.block_size, vocab_size=cfg.vocab_size,
                           max_tokens_cap=max_tokens_cap, max_rows=engine.max_batch)
@@ -77,7 +78,7 @@ def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max
         yield
         engine.close()
 
-    app = FastAPI(title="gpt2kit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="gpt2kit", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.engine = engine
 
     @app.exception_handler(ApiError)
@@ -88,23 +89,15 @@ def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max
     async def http_error(request, e: StarletteHTTPException):
         return JSONResponse(error_body(str(e.detail)), status_code=e.status_code, headers=getattr(e, "headers", None))
 
-    def authorize(request: Request) -> None:
-        if api_key is None:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), api_key.encode()):
-            raise ApiError(401, "missing or incorrect API key; send it as `Authorization: Bearer KEY`",
-                           code="invalid_api_key")
-
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": model_id, **engine.stats()}
 
-    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [model_card()]}
 
-    @app.get("/v1/models/{name:path}", dependencies=[Depends(authorize)])
+    @app.get("/v1/models/{name:path}")
     async def model(name: str):
         if name != model_id:
             raise ApiError(404, f"the model {name!r} does not exist; this server serves {model_id!r}", "model", code="model_not_found")
@@ -114,7 +107,7 @@ def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max
         return {"id": model_id, "object": "model", "created": 0, "owned_by": "gpt2kit",
                 "context_length": cfg.block_size, "max_tokens_cap": max_tokens_cap}
 
-    @app.post("/v1/completions", dependencies=[Depends(authorize)])
+    @app.post("/v1/completions")
     async def completions(request: Request):
         raw = await read_body(request)
         # JSON decoding and tokenizing up to 2 MB take milliseconds: off the event loop
@@ -168,4 +161,5 @@ def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max
         from .page import mount_page
 
         app = mount_page(app, engine, limits)
+    app.add_middleware(Guard, api_key=api_key, cors_origins=tuple(cors_origins))
     return app
