@@ -25,6 +25,10 @@ def register(sub) -> None:
     p.add_argument("--max-tokens-cap", type=T.positive_int, default=None, help="largest max_tokens a request may ask (default: the model's context)")
     p.add_argument("--threads", type=T.positive_int, default=None,
                    help="torch CPU threads per op (default: torch's choice; 1 suits small models on busy machines)")
+    p.add_argument("--read-timeout", type=T.positive_float, default=10.0,
+                   help="seconds a client has to send a request's headers (else the connection is closed) and its body (else 408) (default: 10)")
+    p.add_argument("--max-connections", type=T.positive_int, default=256,
+                   help="open connections at once; more are closed on arrival (default: 256)")
     p.add_argument("--no-page", action="store_true", help="serve the API only, without the gradio page")
     p.set_defaults(func=cmd_serve)
 
@@ -49,12 +53,15 @@ def cmd_serve(args) -> int:
     cap = args.max_tokens_cap or model.config.block_size
     app = build_app(model, tok, model_id=name, api_key=args.api_key, max_concurrency=args.max_concurrency,
                     max_queue=args.max_queue, max_batch=args.max_batch, max_tokens_cap=cap, page=not args.no_page,
-                    cors_origins=tuple(args.cors_origin))
+                    cors_origins=tuple(args.cors_origin), read_timeout=args.read_timeout)
     sock = _bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"gpt2kit serve: {name} on http://{shown}:{port}/  (API: /v1/completions{', key required' if args.api_key else ''})", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    from gpt2kit.serve.transport import guarded_protocol
+
+    http = guarded_protocol(args.read_timeout, args.max_connections)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", http=http))
     server.run(sockets=[sock])
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time
 
 from fastapi import FastAPI, Request
@@ -23,23 +24,45 @@ from .protocol import (ApiError, Collector, ServerLimits, bad, chunk_body, error
                        usage)
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
+MAX_JSON_DEPTH = 32  # nesting of arrays/objects; the deepest valid body nests 3 (a list of id lists)
+ENDPOINTS = "POST /v1/completions, GET /v1/models, GET /v1/models/{model}, GET /health"
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
 
-async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The body, refused with a 400 once it passes `limit` bytes (checked while reading, not after)."""
+async def read_body(request: Request, timeout: float, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The body, refused with a 400 once it passes `limit` bytes (checked while reading, not after)
+    and with a 408 when it takes over `timeout` seconds to arrive."""
     declared = request.headers.get("content-length")
     too_big = bad(f"the request body is over the {limit // (1024 * 1024)} MB limit; send a shorter prompt")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_big
-    buf = bytearray()
-    async for chunk in request.stream():
-        buf += chunk
-        if len(buf) > limit:
-            raise too_big
-    return bytes(buf)
+
+    async def read() -> bytes:
+        buf = bytearray()
+        async for chunk in request.stream():
+            buf += chunk
+            if len(buf) > limit:
+                raise too_big
+        return bytes(buf)
+
+    try:
+        return await asyncio.wait_for(read(), timeout)
+    except asyncio.TimeoutError:
+        raise ApiError(408, f"the request body did not arrive within {timeout:g} s", code="request_timeout") from None
+
+
+def json_depth(raw: bytes) -> int:
+    """The deepest nesting of [ and { outside strings, in one vectorised pass (json.loads would recurse)."""
+    import numpy as np
+
+    a = np.frombuffer(_JSON_STRING.sub(b'""', raw), dtype=np.uint8)
+    steps = np.isin(a, (ord("["), ord("{"))).astype(np.int32) - np.isin(a, (ord("]"), ord("}")))
+    return int(np.cumsum(steps).max(initial=0))
 
 
 def parse_json(raw: bytes):
+    if json_depth(raw) > MAX_JSON_DEPTH:
+        raise bad(f"the request body nests arrays or objects over {MAX_JSON_DEPTH} deep")
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
@@ -68,7 +91,8 @@ def failure_body(e: RequestFailed) -> dict:
 
 
 def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max_tokens_cap: int = 1024,
-               page: bool = True, cors_origins: tuple[str, ...] = ()) -> FastAPI:
+               page: bool = True, cors_origins: tuple[str, ...] = (), read_timeout: float = 10.0) -> FastAPI:
+    """read_timeout: seconds a request body may take to arrive (a client trickling bytes cannot hold a request)."""
     tok, cfg = engine.tokenizer, engine.config
     limits = ServerLimits(model_id=model_id, tokenizer=tok, block_size=cfg.block_size, vocab_size=cfg.vocab_size,
                           max_tokens_cap=max_tokens_cap, max_rows=engine.max_batch)
@@ -78,7 +102,7 @@ def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max
         yield
         engine.close()
 
-    app = FastAPI(title="gpt2kit", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="gpt2kit", lifespan=lifespan, docs_url=None, redoc_url=None, redirect_slashes=False)
     app.state.engine = engine
 
     @app.exception_handler(ApiError)
@@ -87,7 +111,13 @@ def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, e: StarletteHTTPException):
+        if e.status_code == 404:
+            return unknown_route(request)
         return JSONResponse(error_body(str(e.detail)), status_code=e.status_code, headers=getattr(e, "headers", None))
+
+    def unknown_route(request: Request) -> JSONResponse:
+        return JSONResponse(error_body(f"no route {request.method} {request.url.path}; this server answers {ENDPOINTS}"
+                                       + (" and the page at /" if page else ""), code="unknown_url"), status_code=404)
 
     @app.get("/health")
     async def health():
@@ -109,7 +139,7 @@ def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max
 
     @app.post("/v1/completions")
     async def completions(request: Request):
-        raw = await read_body(request)
+        raw = await read_body(request, read_timeout)
         # JSON decoding and tokenizing up to 2 MB take milliseconds: off the event loop
         req = await asyncio.to_thread(lambda: parse_completion(parse_json(raw), limits))
         try:
@@ -133,6 +163,17 @@ def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max
         except RuntimeError as e:  # the server is shutting down
             return JSONResponse(error_body(str(e), "server_error"), status_code=500)
         return JSONResponse(collected.body(cid, model_id, tok, usage(gen.prompt_tokens, gen.completion_tokens)))
+
+    # Registered after the real routes and before the page's mount at "/", so /v1/* never reaches gradio:
+    # a known path with the wrong method is a 405, anything else a 404, both in OpenAI's shape.
+    @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+                   include_in_schema=False)
+    async def other_v1(request: Request, rest: str):
+        allow = {"completions": "POST", "models": "GET"}.get(rest) or ("GET" if rest.startswith("models/") else None)
+        if allow:
+            return JSONResponse(error_body(f"{request.method} is not allowed on /v1/{rest}; use {allow}",
+                                           code="method_not_allowed"), status_code=405, headers={"Allow": allow})
+        return unknown_route(request)
 
     async def sse(gen: Generation, request: Request, cid: str, created: int, include_usage: bool):
         def event(obj) -> str:
