@@ -20,8 +20,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import GPT2KitError
 from .engine import Busy, Cancelled, Engine, Generation, RequestFailed
 from .guard import Guard
-from .protocol import (ApiError, Collector, ServerLimits, bad, chunk_body, error_body, new_id, parse_completion,
-                       usage)
+from .protocol import (ApiError, Collector, ServerLimits, bad, body_schema, chunk_body, error_body, new_id,
+                       parse_completion, usage)
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
 MAX_JSON_DEPTH = 32  # nesting of arrays/objects; the deepest valid body nests 3 (a list of id lists)
@@ -137,7 +137,8 @@ def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max
         return {"id": model_id, "object": "model", "created": 0, "owned_by": "gpt2kit",
                 "context_length": cfg.block_size, "max_tokens_cap": max_tokens_cap}
 
-    @app.post("/v1/completions")
+    # the body is read by hand (size cap, nesting check, off-loop parsing); the schema documents it
+    @app.post("/v1/completions", openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": body_schema()}}}})
     async def completions(request: Request):
         raw = await read_body(request, read_timeout)
         # JSON decoding and tokenizing up to 2 MB take milliseconds: off the event loop
