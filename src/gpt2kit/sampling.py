@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .sampling_params import SamplingParams  # noqa: F401  (its torch-free home; re-exported here)
+from .sampling_params import SamplingParams  # its torch-free home; re-exported here
 
 NO_FINITE_LOGIT = -1
 NAN_LOGITS_MESSAGE = "the model produced no finite logits (NaN or inf): its weights are likely corrupt"
