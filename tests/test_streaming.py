@@ -82,3 +82,12 @@ def test_server_limits():
         check_stop_limits(["é" * 250_000] * 4)
     with pytest.raises(GPT2KitError, match="non-empty"):
         TextStreamer(PieceTokenizer([]), [""])
+
+
+def test_cli_refuses_an_empty_stop_string_before_any_output(tiny_checkpoint):
+    from conftest import assert_one_line_error, run_cli
+
+    for backend in ("torch", "numpy"):
+        r = run_cli("generate", "hi", "--model", tiny_checkpoint, "--max-new-tokens", "3", "--backend", backend, "--stop", "")
+        assert_one_line_error(r, "stop strings must be non-empty strings")
+        assert r.stdout == ""

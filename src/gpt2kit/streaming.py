@@ -106,7 +106,7 @@ class TextStreamer:
         return "".join(self.held.popleft() for _ in range(n))
 
 
-def stream_text(tokens: Iterable[int], tokenizer: Tokenizer, stop: Sequence[str] = (), prev: int | None = None) -> Iterator[str]:
+def stream_text(tokens: Iterable[int], tokenizer: Tokenizer, stop: Sequence[str] | StopStrings = (), prev: int | None = None) -> Iterator[str]:
     """Text pieces for a stream of new ids; ends at the end-of-text id, a stop string or the ids' end."""
     eot = tokenizer.eot_token
     streamer = TextStreamer(tokenizer, stop, prev=prev)
