@@ -5,6 +5,8 @@ fewer than max_concurrency run and their rows fit in max_batch. Admission prefil
 into a KV slot; then each step samples one token for every active row and runs all of them
 together through SlotPool.step. Output goes back to the event loop with call_soon_threadsafe,
 so generation never blocks it. A cancelled request (client gone) leaves at the next step.
+A failure inside one request (its admission, its sampling, its text) ends that request only,
+as a RequestFailed; only a failure of the shared forward pass ends every running request.
 
 Each row samples with its own torch.Generator (one uniform per token, see rows.sample_rows), so
 a seeded request gives the same text streamed or not, run after run. Bit-equality across
