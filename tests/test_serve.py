@@ -250,7 +250,8 @@ BAD = [
     ({"prompt": [[1], [-1]]}, "prompt"),
     ({"prompt": "x", "n": 0}, "n"),
     ({"prompt": "x", "logprobs": 6}, "logprobs"),
-    ({"prompt": "x", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
+    ({"prompt": "x", "stop": [str(i) for i in range(17)]}, "stop"),  # at most 16
+    ({"prompt": "x", "stop": ["é" * 4097]}, "stop"),  # at most 4096 characters each
     ({"prompt": "x", "top_k": 1.5}, "top_k"),
     ({"prompt": "x", "repetition_penalty": 0}, "repetition_penalty"),
 ]

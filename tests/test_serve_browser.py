@@ -25,6 +25,7 @@ CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 TOK = get_tokenizer("gpt2")
 PROMPT = "The Moon's orbit around Earth has"
+KEY = "page-test-key"
 CONTINUATION = " a period of 27.3 days, said <b>nobody</b> <img src=x onerror=alert(1)> ever."
 
 pytestmark = pytest.mark.skipif(not os.path.exists(CHROMIUM),
@@ -39,16 +40,22 @@ def server(tmp_path_factory):
     script = [cont[0]] * (n - 1) + cont + [TOK.eot_token]
     d = tmp_path_factory.mktemp("page") / "scripted"
     save_model(scripted_model(script), d, tokenizer=TOK)
-    s = Server("--model", str(d), "--api-key", "page-test-key", "--threads", "1")
+    s = Server("--model", str(d), "--api-key", KEY, "--threads", "1")
     yield s
     s.close()
 
 
-def test_page_is_public_and_the_api_is_not(server):
-    r = httpx.get(server.url + "/")
-    assert r.status_code == 200 and "<html" in r.text.lower()
+def test_page_needs_the_key_through_a_sign_in(server):
+    r = httpx.get(server.url + "/", headers={"accept": "text/html"})
+    assert (r.status_code, r.headers["location"]) == (303, "/login")  # a browser is sent to the sign-in form
+    assert httpx.get(server.url + "/").status_code == 401
     assert httpx.get(server.url + "/health").status_code == 200
     assert httpx.get(server.url + "/v1/models").status_code == 401
+    assert httpx.post(server.url + "/login", data={"key": "wrong"}).status_code == 401
+    r = httpx.post(server.url + "/login", data={"key": KEY})
+    assert r.status_code == 303 and "HttpOnly" in r.headers["set-cookie"] and KEY not in r.headers["set-cookie"]
+    page = httpx.get(server.url + "/", cookies=r.cookies)
+    assert page.status_code == 200 and "<html" in page.text.lower()
 
 
 def test_page_generates_streamed_plain_text(server):
@@ -58,7 +65,9 @@ def test_page_generates_streamed_plain_text(server):
             "--disable-component-update", "--no-first-run"])
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.goto(server.url + "/", wait_until="domcontentloaded")
+            page.goto(server.url + "/", wait_until="domcontentloaded")  # redirected to the sign-in form
+            page.locator("input[name=key]").fill(KEY)
+            page.locator("button[type=submit]").click()
             prompt = page.locator("#prompt textarea")
             prompt.wait_for(timeout=60_000)
             assert page.get_by_text(PROMPT).count() >= 1  # the examples list the seed demo's prompt
@@ -80,7 +89,7 @@ def test_page_generates_streamed_plain_text(server):
 def test_page_streams_piece_by_piece(server):
     """gradio's own client sees every update the page's handler yields."""
     gradio_client = pytest.importorskip("gradio_client")
-    c = gradio_client.Client(server.url + "/", verbose=False)
+    c = gradio_client.Client(server.url + "/", verbose=False, headers={"Authorization": f"Bearer {KEY}"})
     job = c.submit(PROMPT, 1.0, 40, 1.0, 64, api_name="/complete")
     final = job.result(timeout=60)
     seen = job.outputs()

@@ -16,7 +16,8 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 
 from .errors import GPT2KitError
-from .sampling import SamplingParams, sample
+from .sampling import NAN_LOGITS_MESSAGE, NO_FINITE_LOGIT, SamplingParams, sample
+from .sampling_params import check_seed
 from .streaming import TextStreamer, stream_text  # noqa: F401  (torch-free module, shared with numpy_gpt2)
 from .tokenization.base import Tokenizer
 
@@ -58,6 +59,7 @@ def generate(
         raise GPT2KitError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
         raise GPT2KitError(f"num_samples must be a positive integer, got {num_samples!r}")
+    check_seed(seed)
     device = model.transformer.wte.weight.device
     if generator is None and seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
@@ -85,6 +87,8 @@ def generate(
         logits = _prefill(model, cache, hist, n, pad, padded)
         for _ in range(max_new_tokens):
             nxt = sample(logits[:, -1, :], params, generator, seen)  # (B,)
+            if bool((nxt == NO_FINITE_LOGIT).any()):
+                raise GPT2KitError(NAN_LOGITS_MESSAGE)
             if seen is not None:
                 seen[torch.arange(B, device=device), nxt] = True
             hist[:, n] = nxt

@@ -27,6 +27,7 @@ from .checkpoint import TRANSPOSED, gpt2kit_key, read_model_dir, read_safetensor
 from .config import GPTConfig
 from .errors import GPT2KitError
 from .hub import resolve_model_path
+from .sampling_params import check_sampling
 
 GELU_C = math.sqrt(2 / math.pi)  # a Python float, so float32 arrays stay float32
 
@@ -122,18 +123,6 @@ def gpt2(ids, params: dict, config: GPTConfig, cache: KVCache | None = None, las
 
 
 # -- sampling ----------------------------------------------------------------------------------
-
-def check_sampling(temperature: float, top_k: int | None, top_p: float | None, repetition_penalty: float = 1.0) -> None:
-    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or not math.isfinite(temperature) or temperature < 0:
-        raise GPT2KitError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k <= 0):
-        raise GPT2KitError(f"top_k must be a positive integer (or None for no limit), got {top_k!r}")
-    if top_p is not None and (not isinstance(top_p, (int, float)) or isinstance(top_p, bool) or not 0.0 < top_p <= 1.0):
-        raise GPT2KitError(f"top_p must be in (0, 1] (1 = no nucleus filter), got {top_p!r}")
-    r = repetition_penalty
-    if not isinstance(r, (int, float)) or isinstance(r, bool) or not math.isfinite(r) or r <= 0:
-        raise GPT2KitError(f"repetition_penalty must be a finite number > 0 (1 = off), got {r!r}")
-
 
 def next_token_probs(logits, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None):
     """Logits (V,) -> the distribution sampled from (V,) float64, after temperature, top-k and top-p."""

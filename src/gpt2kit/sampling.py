@@ -1,38 +1,18 @@
-"""Next-token choice as a pure function of logits, settings and an explicit torch.Generator."""
-from __future__ import annotations
+"""Next-token choice as a pure function of logits, settings and an explicit torch.Generator.
 
-import math
-from dataclasses import dataclass
+The sampler is total: a row whose distribution degenerates (NaN logits, overflow to inf, no
+mass left) takes the argmax of its finite logits instead, and a row with no finite logit at
+all gets NO_FINITE_LOGIT (-1), which callers turn into an error for that row's request only.
+"""
+from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .errors import GPT2KitError
+from .sampling_params import SamplingParams  # its torch-free home; re-exported here
 
-
-@dataclass(frozen=True)
-class SamplingParams:
-    temperature: float = 1.0  # 0 means greedy (argmax)
-    top_k: int | None = None  # keep the k most likely; None = all (clamped to the vocab)
-    top_p: float | None = None  # nucleus: smallest set with mass >= top_p; None or 1.0 = all
-    repetition_penalty: float = 1.0  # CTRL / HF: divide positive logits (multiply negative) of seen ids
-
-    def __post_init__(self) -> None:
-        t = self.temperature
-        if not isinstance(t, (int, float)) or isinstance(t, bool) or math.isnan(t) or math.isinf(t) or t < 0:
-            raise GPT2KitError(f"temperature must be a finite number >= 0 (0 = greedy), got {t!r}")
-        if self.top_k is not None and (not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k <= 0):
-            raise GPT2KitError(f"top_k must be a positive integer (or None for no limit), got {self.top_k!r}")
-        p = self.top_p
-        if p is not None and (not isinstance(p, (int, float)) or isinstance(p, bool) or math.isnan(p) or not 0.0 < p <= 1.0):
-            raise GPT2KitError(f"top_p must be in (0, 1] (1 = no nucleus filter), got {p!r}")
-        r = self.repetition_penalty
-        if not isinstance(r, (int, float)) or isinstance(r, bool) or math.isnan(r) or math.isinf(r) or r <= 0:
-            raise GPT2KitError(f"repetition_penalty must be a finite number > 0 (1 = off), got {r!r}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
+NO_FINITE_LOGIT = -1
+NAN_LOGITS_MESSAGE = "the model produced no finite logits (NaN or inf): its weights are likely corrupt"
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:
@@ -52,7 +32,8 @@ def filter_logits(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
         probs = torch.softmax(sorted_logits, dim=-1)
         mass_before = torch.cumsum(probs, dim=-1) - probs  # mass of strictly more likely tokens
-        drop_sorted = mass_before >= params.top_p  # the first token always stays (mass_before = 0)
+        drop_sorted = mass_before >= params.top_p
+        drop_sorted[..., 0] = False  # the most likely token always stays, even if top_p rounds to 0 in float32
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     return logits
@@ -98,22 +79,54 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch
     return inverse_cdf(probs, u)
 
 
+def greedy(logits: torch.Tensor) -> torch.Tensor:
+    """argmax per row of logits (b, V), total: NaN and inf are skipped (see finite_argmax)."""
+    ids = torch.argmax(logits, dim=-1)
+    return make_total(ids, torch.isfinite(logits.gather(-1, ids[:, None])[:, 0]), logits)
+
+
+def drawn(probs: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
+    return valid_draw(draw(probs, generator), probs)
+
+
+def valid_draw(j: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Drawn indices j (b,) clamped into range, and whether each is an index of positive probability
+    in probs (b, N): False where a row's probabilities are NaN or all zero (inverse_cdf then gives j < 0)."""
+    safe = j.clamp(0, probs.shape[-1] - 1)
+    return safe, (j == safe) & (probs.gather(-1, safe[:, None])[:, 0] > 0)
+
+
+def make_total(ids: torch.Tensor, ok: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """ids where ok, else the finite argmax of that row of logits (b, V); the check costs b elements, not b x V."""
+    if bool(ok.all()):
+        return ids
+    return torch.where(ok, ids, finite_argmax(logits))
+
+
+def finite_argmax(logits: torch.Tensor) -> torch.Tensor:
+    """argmax over each row's finite entries; NO_FINITE_LOGIT for a row without one."""
+    z = torch.where(torch.isfinite(logits), logits, float("-inf"))
+    best, ids = z.max(dim=-1)
+    return torch.where(torch.isfinite(best), ids, NO_FINITE_LOGIT)
+
+
 def sample(
     logits: torch.Tensor,
     params: SamplingParams,
     generator: torch.Generator | None = None,
     seen: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Pick one id per row from logits (B, V) -> (B,) int64."""
+    """Pick one id per row from logits (B, V) -> (B,) int64; NO_FINITE_LOGIT for a row without a finite logit."""
     logits = logits.float()
     if seen is not None and params.repetition_penalty != 1.0:
         logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
     if params.greedy:
-        return torch.argmax(logits, dim=-1)
+        return greedy(logits)
     V = logits.size(-1)
     if params.top_k is not None and params.top_k < V:
         # Work on the k survivors only: same distribution as masking the other V - k to -inf.
         vals, ids = torch.topk(logits, params.top_k, dim=-1)  # (B, k), sorted descending
         keep = filter_logits(vals, SamplingParams(params.temperature, None, params.top_p))
-        return ids.gather(-1, draw(torch.softmax(keep, dim=-1), generator)[:, None]).squeeze(-1)
-    return draw(torch.softmax(filter_logits(logits, params), dim=-1), generator)
+        j, ok = drawn(torch.softmax(keep, dim=-1), generator)  # (B,) index among the k
+        return make_total(ids.gather(-1, j[:, None])[:, 0], ok, logits)
+    return make_total(*drawn(torch.softmax(filter_logits(logits, params), dim=-1), generator), logits)

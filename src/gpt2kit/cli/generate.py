@@ -25,7 +25,13 @@ def register(sub) -> None:
 
 
 def stream_samples(model, tok, prompt_ids, args, out=None, show_prompt: str = "") -> None:
+    from gpt2kit.sampling_params import check_sampling, check_seed
+    from gpt2kit.streaming import StopStrings
+
     out = out or sys.stdout  # looked up per call: a default bound at import would outlive a redirected stdout
+    check_seed(args.seed)  # before any output; the same checks for both backends
+    check_sampling(args.temperature, args.top_k, args.top_p, args.repetition_penalty)
+    stop = StopStrings(args.stop)
     if args.backend == "numpy":
         import numpy as np
 
@@ -49,7 +55,7 @@ def stream_samples(model, tok, prompt_ids, args, out=None, show_prompt: str = ""
             print(f"{SAMPLE_RULE} SAMPLE {i + 1} {SAMPLE_RULE}", file=out)
         out.write(show_prompt)
         for piece in generate_text(
-            model, tok, prompt_ids, args.max_new_tokens, stop=args.stop, **engine,
+            model, tok, prompt_ids, args.max_new_tokens, stop=stop, **engine,
             temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
             repetition_penalty=args.repetition_penalty,
         ):

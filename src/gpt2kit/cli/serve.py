@@ -15,7 +15,9 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=T.port, default=8000, help="port (default: 8000; 0 = any free port)")
     p.add_argument("--api-key", default=os.environ.get("GPT2KIT_API_KEY"),
-                   help="require `Authorization: Bearer KEY` on /v1/* (default: $GPT2KIT_API_KEY; unset = open)")
+                   help="require this key on every route but /health: `Authorization: Bearer KEY`, or a sign-in at /login for the page (default: $GPT2KIT_API_KEY; unset = open)")
+    p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let web pages from ORIGIN (e.g. https://app.example) call the API; repeatable (default: none, cross-origin requests are refused)")
     p.add_argument("--model-name", default=None, help="the model id clients send (default: the --model value, or the directory's name)")
     p.add_argument("--max-concurrency", type=T.positive_int, default=8, help="requests generating at once (default: 8)")
     p.add_argument("--max-queue", type=T.nonneg_int, default=32, help="requests waiting beyond those; more get HTTP 429 (default: 32)")
@@ -23,6 +25,10 @@ def register(sub) -> None:
     p.add_argument("--max-tokens-cap", type=T.positive_int, default=None, help="largest max_tokens a request may ask (default: the model's context)")
     p.add_argument("--threads", type=T.positive_int, default=None,
                    help="torch CPU threads per op (default: torch's choice; 1 suits small models on busy machines)")
+    p.add_argument("--read-timeout", type=T.positive_float, default=10.0,
+                   help="seconds a client has to send a request's headers (else the connection is closed) and its body (else 408) (default: 10)")
+    p.add_argument("--max-connections", type=T.positive_int, default=256,
+                   help="open connections at once; more are closed on arrival (default: 256)")
     p.add_argument("--no-page", action="store_true", help="serve the API only, without the gradio page")
     p.set_defaults(func=cmd_serve)
 
@@ -44,12 +50,16 @@ def cmd_serve(args) -> int:
     name = args.model_name or (os.path.basename(os.path.normpath(args.model)) if os.path.isdir(args.model) else args.model)
     cap = args.max_tokens_cap or model.config.block_size
     app = build_app(model, tok, model_id=name, api_key=args.api_key, max_concurrency=args.max_concurrency,
-                    max_queue=args.max_queue, max_batch=args.max_batch, max_tokens_cap=cap, page=not args.no_page)
+                    max_queue=args.max_queue, max_batch=args.max_batch, max_tokens_cap=cap, page=not args.no_page,
+                    cors_origins=tuple(args.cors_origin), read_timeout=args.read_timeout)
     sock = _bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"gpt2kit serve: {name} on http://{shown}:{port}/  (API: /v1/completions{', key required' if args.api_key else ''})", flush=True)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    from gpt2kit.serve.transport import guarded_protocol
+
+    http = guarded_protocol(args.read_timeout, args.max_connections)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", http=http))
     server.run(sockets=[sock])
     return 0
 

@@ -12,12 +12,14 @@ from .rows import Job, Piece
 
 
 def build_app(model, tokenizer, *, model_id: str, api_key: str | None = None, max_concurrency: int = 8,
-              max_queue: int = 32, max_batch: int = 64, max_tokens_cap: int = 1024, page: bool = True):
+              max_queue: int = 32, max_batch: int = 64, max_tokens_cap: int = 1024, page: bool = True,
+              cors_origins: tuple[str, ...] = (), read_timeout: float = 10.0):
     """An engine (its thread starts now) and the FastAPI app around it; the app's shutdown stops the engine."""
     from .api import create_app
 
     engine = Engine(model, tokenizer, max_batch=max_batch, max_concurrency=max_concurrency, max_queue=max_queue)
-    return create_app(engine, model_id=model_id, api_key=api_key, max_tokens_cap=max_tokens_cap, page=page)
+    return create_app(engine, model_id=model_id, api_key=api_key, max_tokens_cap=max_tokens_cap, page=page,
+                      cors_origins=cors_origins, read_timeout=read_timeout)
 
 
 __all__ = ["build_app", "Engine", "Generation", "Busy", "Job", "Piece"]

@@ -2,43 +2,67 @@
 
 Request bodies are capped (2 MB) while they are read; validation and tokenization run in a
 worker thread and generation in the engine thread, so the event loop only moves bytes.
-With an API key, /v1/* needs `Authorization: Bearer KEY`; /health and the page stay public.
+guard.Guard stands in front of every route: the API key (all but /health), CORS and uploads.
+The OpenAPI schema is at /openapi.json (behind the key like the rest).
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
+import re
 import time
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import GPT2KitError
-from .engine import Busy, Cancelled, Engine, Generation
-from .protocol import (ApiError, Collector, ServerLimits, bad, chunk_body, error_body, new_id, parse_completion,
-                       usage)
+from .engine import Busy, Cancelled, Engine, Generation, RequestFailed
+from .guard import Guard
+from .protocol import (ApiError, Collector, ServerLimits, bad, body_schema, chunk_body, error_body, new_id,
+                       parse_completion, usage)
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
+MAX_JSON_DEPTH = 32  # nesting of arrays/objects; the deepest valid body nests 3 (a list of id lists)
+ENDPOINTS = "POST /v1/completions, GET /v1/models, GET /v1/models/{model}, GET /health"
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
 
-async def read_body(request: Request, limit: int = MAX_BODY_BYTES) -> bytes:
-    """The body, refused with a 400 once it passes `limit` bytes (checked while reading, not after)."""
+async def read_body(request: Request, timeout: float, limit: int = MAX_BODY_BYTES) -> bytes:
+    """The body, refused with a 400 once it passes `limit` bytes (checked while reading, not after)
+    and with a 408 when it takes over `timeout` seconds to arrive."""
     declared = request.headers.get("content-length")
     too_big = bad(f"the request body is over the {limit // (1024 * 1024)} MB limit; send a shorter prompt")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_big
-    buf = bytearray()
-    async for chunk in request.stream():
-        buf += chunk
-        if len(buf) > limit:
-            raise too_big
-    return bytes(buf)
+
+    async def read() -> bytes:
+        buf = bytearray()
+        async for chunk in request.stream():
+            buf += chunk
+            if len(buf) > limit:
+                raise too_big
+        return bytes(buf)
+
+    try:
+        return await asyncio.wait_for(read(), timeout)
+    except asyncio.TimeoutError:
+        raise ApiError(408, f"the request body did not arrive within {timeout:g} s", code="request_timeout") from None
+
+
+def json_depth(raw: bytes) -> int:
+    """The deepest nesting of [ and { outside strings, in one vectorised pass (json.loads would recurse)."""
+    import numpy as np
+
+    a = np.frombuffer(_JSON_STRING.sub(b'""', raw), dtype=np.uint8)
+    steps = np.isin(a, (ord("["), ord("{"))).astype(np.int32) - np.isin(a, (ord("]"), ord("}")))
+    return int(np.cumsum(steps).max(initial=0))
 
 
 def parse_json(raw: bytes):
+    if json_depth(raw) > MAX_JSON_DEPTH:
+        raise bad(f"the request body nests arrays or objects over {MAX_JSON_DEPTH} deep")
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
@@ -62,8 +86,13 @@ async def until_disconnect(gen: Generation, request: Request):
         gen.cancel()  # no-op when it finished; stops it when the response was abandoned
 
 
+def failure_body(e: RequestFailed) -> dict:
+    return error_body(str(e), "invalid_request_error" if e.client_error else "server_error")
+
+
 def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max_tokens_cap: int = 1024,
-               page: bool = True) -> FastAPI:
+               page: bool = True, cors_origins: tuple[str, ...] = (), read_timeout: float = 10.0) -> FastAPI:
+    """read_timeout: seconds a request body may take to arrive (a client trickling bytes cannot hold a request)."""
     tok, cfg = engine.tokenizer, engine.config
     limits = ServerLimits(model_id=model_id, tokenizer=tok, block_size=cfg.block_size, vocab_size=cfg.vocab_size,
                           max_tokens_cap=max_tokens_cap, max_rows=engine.max_batch)
@@ -73,7 +102,7 @@ def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max
         yield
         engine.close()
 
-    app = FastAPI(title="gpt2kit", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="gpt2kit", lifespan=lifespan, docs_url=None, redoc_url=None, redirect_slashes=False)
     app.state.engine = engine
 
     @app.exception_handler(ApiError)
@@ -82,25 +111,23 @@ def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, e: StarletteHTTPException):
+        if e.status_code == 404:
+            return unknown_route(request)
         return JSONResponse(error_body(str(e.detail)), status_code=e.status_code, headers=getattr(e, "headers", None))
 
-    def authorize(request: Request) -> None:
-        if api_key is None:
-            return
-        scheme, _, given = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), api_key.encode()):
-            raise ApiError(401, "missing or incorrect API key; send it as `Authorization: Bearer KEY`",
-                           code="invalid_api_key")
+    def unknown_route(request: Request) -> JSONResponse:
+        return JSONResponse(error_body(f"no route {request.method} {request.url.path}; this server answers {ENDPOINTS}"
+                                       + (" and the page at /" if page else ""), code="unknown_url"), status_code=404)
 
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": model_id, **engine.stats()}
 
-    @app.get("/v1/models", dependencies=[Depends(authorize)])
+    @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [model_card()]}
 
-    @app.get("/v1/models/{name:path}", dependencies=[Depends(authorize)])
+    @app.get("/v1/models/{name:path}")
     async def model(name: str):
         if name != model_id:
             raise ApiError(404, f"the model {name!r} does not exist; this server serves {model_id!r}", "model", code="model_not_found")
@@ -110,9 +137,10 @@ def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max
         return {"id": model_id, "object": "model", "created": 0, "owned_by": "gpt2kit",
                 "context_length": cfg.block_size, "max_tokens_cap": max_tokens_cap}
 
-    @app.post("/v1/completions", dependencies=[Depends(authorize)])
+    # the body is read by hand (size cap, nesting check, off-loop parsing); the schema documents it
+    @app.post("/v1/completions", openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": body_schema()}}}})
     async def completions(request: Request):
-        raw = await read_body(request)
+        raw = await read_body(request, read_timeout)
         # JSON decoding and tokenizing up to 2 MB take milliseconds: off the event loop
         req = await asyncio.to_thread(lambda: parse_completion(parse_json(raw), limits))
         try:
@@ -131,9 +159,22 @@ def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max
                 collected.add(pieces)
         except Cancelled:  # the client left: nobody reads this
             return JSONResponse(error_body("the client closed the request"), status_code=499)
-        except RuntimeError as e:  # the engine failed this request
+        except RequestFailed as e:  # the engine failed this request (and only this one)
+            return JSONResponse(failure_body(e), status_code=400 if e.client_error else 500)
+        except RuntimeError as e:  # the server is shutting down
             return JSONResponse(error_body(str(e), "server_error"), status_code=500)
         return JSONResponse(collected.body(cid, model_id, tok, usage(gen.prompt_tokens, gen.completion_tokens)))
+
+    # Registered after the real routes and before the page's mount at "/", so /v1/* never reaches gradio:
+    # a known path with the wrong method is a 405, anything else a 404, both in OpenAI's shape.
+    @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+                   include_in_schema=False)
+    async def other_v1(request: Request, rest: str):
+        allow = {"completions": "POST", "models": "GET"}.get(rest) or ("GET" if rest.startswith("models/") else None)
+        if allow:
+            return JSONResponse(error_body(f"{request.method} is not allowed on /v1/{rest}; use {allow}",
+                                           code="method_not_allowed"), status_code=405, headers={"Allow": allow})
+        return unknown_route(request)
 
     async def sse(gen: Generation, request: Request, cid: str, created: int, include_usage: bool):
         def event(obj) -> str:
@@ -147,6 +188,9 @@ def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max
                 yield event(chunk)
         except Cancelled:
             return
+        except RequestFailed as e:
+            yield event(failure_body(e))
+            return
         except RuntimeError as e:
             yield event(error_body(str(e), "server_error"))
             return
@@ -159,4 +203,5 @@ def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max
         from .page import mount_page
 
         app = mount_page(app, engine, limits)
+    app.add_middleware(Guard, api_key=api_key, cors_origins=tuple(cors_origins))
     return app

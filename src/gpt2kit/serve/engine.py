@@ -5,6 +5,8 @@ fewer than max_concurrency run and their rows fit in max_batch. Admission prefil
 into a KV slot; then each step samples one token for every active row and runs all of them
 together through SlotPool.step. Output goes back to the event loop with call_soon_threadsafe,
 so generation never blocks it. A cancelled request (client gone) leaves at the next step.
+A failure inside one request (its admission, its sampling, its text) ends that request only,
+as a RequestFailed; only a failure of the shared forward pass ends every running request.
 
 Each row samples with its own torch.Generator (one uniform per token, see rows.sample_rows), so
 a seeded request gives the same text streamed or not, run after run. Bit-equality across
@@ -21,6 +23,7 @@ from collections import deque
 import torch
 
 from ..errors import GPT2KitError
+from ..sampling import NAN_LOGITS_MESSAGE, NO_FINITE_LOGIT
 from .rows import Job, Piece, Row, TokenLogprob, row_generator, sample_rows, top_logprobs
 from .slots import SlotPool
 
@@ -29,6 +32,15 @@ _DONE = object()
 
 class Busy(Exception):
     """The server is at max_concurrency and its queue is full (HTTP 429)."""
+
+
+class RequestFailed(RuntimeError):
+    """One request failed inside the engine; the others go on. client_error: the client's input caused
+    it (HTTP 400), else a server fault (500)."""
+
+    def __init__(self, message: str, client_error: bool = False):
+        super().__init__(message)
+        self.client_error = client_error
 
 
 class Cancelled(Exception):
@@ -149,17 +161,27 @@ class Engine:
                     g = self._waiting.popleft()
                     self._running.append(g)
                     admitted.append(g)
-            try:
-                for g in admitted:
-                    if not g.cancelled:
+            for g in admitted:
+                if not g.cancelled:
+                    try:
                         self._admit(g)
-                self._drop_cancelled_running()
-                if self._rows:
+                    except Exception as e:  # this request's own failure: the others go on
+                        self._fail(g, e)
+            self._drop_cancelled_running()
+            if self._rows:
+                try:
                     self._step()
-            except Exception as e:  # a bug or OOM must not kill the server: fail what is running
-                for g in list(self._running):
-                    g._post(RuntimeError(f"generation failed: {type(e).__name__}: {e}"))
-                    self._finish(g, cancelled=False)
+                except Exception as e:  # the shared forward pass failed (a bug, OOM): fail what is running
+                    for g in list(self._running):
+                        self._fail(g, e)
+
+    def _fail(self, g: Generation, e: Exception) -> None:
+        """End one request with an error: GPT2KitError is the client's input (400), anything else a fault (500)."""
+        if not isinstance(e, RequestFailed):
+            client = isinstance(e, GPT2KitError)
+            e = RequestFailed(str(e) if client else f"generation failed: {type(e).__name__}: {e}", client_error=client)
+        g._post(e)
+        self._finish(g, cancelled=False)
 
     def _drop_cancelled_waiting(self) -> None:
         keep = deque(g for g in self._waiting if not g.cancelled)
@@ -233,14 +255,20 @@ class Engine:
         B = len(rows)
         logits = self.pool.logits[:B]  # (B, V): row i's next-token scores sit at slot i
         tokens = [0] * B
+        failed: dict[Generation, Exception] = {}
         by_params: dict = {}
         for i, r in enumerate(rows):
             by_params.setdefault(r.job.params, []).append(i)
         for params, idx in by_params.items():
             sub = logits if len(idx) == B else logits[idx]  # (b, V)
-            for i, t in zip(idx, sample_rows(sub, [rows[i] for i in idx], params)):
-                tokens[i] = t
-        lp_idx = [i for i, r in enumerate(rows) if r.job.logprobs is not None]
+            try:
+                for i, t in zip(idx, sample_rows(sub, [rows[i] for i in idx], params)):
+                    tokens[i] = t
+                    if t == NO_FINITE_LOGIT:
+                        failed[rows[i].gen] = RequestFailed(NAN_LOGITS_MESSAGE)
+            except Exception as e:  # only the requests sampled with these settings fail
+                failed.update((rows[i].gen, e) for i in idx)
+        lp_idx = [i for i, r in enumerate(rows) if r.job.logprobs is not None and r.gen not in failed]
         lp_info = {}
         if lp_idx:
             chosen = torch.tensor([tokens[i] for i in lp_idx], device=self.device)
@@ -251,15 +279,24 @@ class Engine:
         pieces: dict[Generation, list[Piece]] = {}
         finished: list[Row] = []
         for i, r in enumerate(rows):
-            piece = self._take(r, tokens[i], lp_info.get(i))
+            if r.gen in failed:
+                continue
+            try:
+                piece = self._take(r, tokens[i], lp_info.get(i))
+            except Exception as e:  # e.g. the row's text could not be decoded: its request fails alone
+                failed[r.gen] = e
+                continue
             if piece is not None:
                 pieces.setdefault(r.gen, []).append(piece)
                 if piece.finish_reason:
                     finished.append(r)
         for g, ps in pieces.items():
-            g._post(ps)
-        self._remove_rows(finished)
-        for g in {r.gen for r in finished}:
+            if g not in failed:
+                g._post(ps)
+        for g, e in failed.items():
+            self._fail(g, e)
+        self._remove_rows([r for r in finished if r.gen not in failed])
+        for g in {r.gen for r in finished} - failed.keys():
             if not any(r.gen is g for r in self._rows):
                 self._finish(g, cancelled=False)
         if self._rows:

@@ -41,6 +41,8 @@ def build_page(engine: Engine, limits: ServerLimits):
                 yield text
         except Cancelled:
             return
+        except RuntimeError as e:  # this request failed in the engine (the others go on)
+            raise gr.Error(str(e)) from None
         finally:
             gen.cancel()  # the browser left or pressed stop: free the row
 

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..generation import TextStreamer
-from ..sampling import SamplingParams, apply_repetition_penalty, filter_logits, inverse_cdf
+from ..streaming import StopStrings, TextStreamer
+from ..sampling import (SamplingParams, apply_repetition_penalty, filter_logits, greedy, inverse_cdf, make_total,
+                        valid_draw)
 
 
 @dataclass
@@ -26,7 +27,7 @@ class Job:
     params: SamplingParams
     n: int = 1
     seed: int | None = None
-    stop: list[str] = field(default_factory=list)
+    stop: list[str] | StopStrings = field(default_factory=list)  # StopStrings: tables built once, off the engine
     logprobs: int | None = None  # top-N alternatives per token; None = no logprobs
     echo: bool = False
 
@@ -101,16 +102,19 @@ def sample_rows(logits: torch.Tensor, rows: list[Row], params: SamplingParams) -
     Inverse-CDF sampling takes a single number from each row's own generator, so a row's
     tokens depend on its seed only, never on which rows it was batched with (torch.multinomial
     would draw V numbers per row: one call per row, ~50x slower at GPT-2's vocabulary).
+    A row without a finite logit gets NO_FINITE_LOGIT (see sampling.py).
     """
     if params.repetition_penalty != 1.0:
         logits = apply_repetition_penalty(logits, torch.stack([r.seen for r in rows]), params.repetition_penalty)
     if params.greedy:
-        return torch.argmax(logits, dim=-1).tolist()
+        return greedy(logits).tolist()
+    filtered = logits
     if params.temperature != 1.0 or params.top_k is not None or (params.top_p or 1.0) < 1.0:
-        logits = filter_logits(logits, params)  # removed tokens at -inf
-    probs = torch.softmax(logits, dim=-1)  # (b, V), one fused pass
+        filtered = filter_logits(logits, params)  # removed tokens at -inf
+    probs = torch.softmax(filtered, dim=-1)  # (b, V), one fused pass
     u = torch.cat([torch.rand(1, generator=r.generator, device=probs.device) for r in rows])  # (b,)
-    return inverse_cdf(probs, u).tolist()
+    j = inverse_cdf(probs, u)  # (b,), negative where a row has no positive mass
+    return make_total(*valid_draw(j, probs), logits).tolist()
 
 
 def top_logprobs(logits: torch.Tensor, chosen: torch.Tensor, n: int) -> tuple[list[float], list[list[tuple[int, float]]]]:

@@ -1,0 +1,72 @@
+"""Sampling settings and their validation, torch-free: the torch sampler, numpy_gpt2 and the server share it.
+
+Limits keep the arithmetic meaningful: a temperature below MIN_TEMPERATURE or a repetition
+penalty outside [MIN_PENALTY, MAX_PENALTY] divides logits into overflow (NaN probabilities)
+without changing what a user could want (use temperature 0 for greedy). Seeds are the
+integers a 64-bit generator takes, the same for torch and NumPy.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .errors import GPT2KitError
+
+MIN_TEMPERATURE = 1e-4  # below this, sampling is greedy in all but rounding: ask for 0
+MIN_PENALTY, MAX_PENALTY = 1e-3, 1e3
+SEED_LIMIT = 2**64
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_temperature(t) -> None:
+    if not _num(t) or t < 0:
+        raise GPT2KitError(f"temperature must be a finite number >= 0 (0 = greedy), got {t!r}")
+    if 0 < t < MIN_TEMPERATURE:
+        raise GPT2KitError(f"temperature {t!r} is below {MIN_TEMPERATURE:g}, where sampling is numerically greedy; use 0 for greedy")
+
+
+def check_top_k(k) -> None:
+    if k is not None and (not isinstance(k, int) or isinstance(k, bool) or k <= 0):
+        raise GPT2KitError(f"top_k must be a positive integer (or None for no limit), got {k!r}")
+
+
+def check_top_p(p) -> None:
+    if p is not None and (not _num(p) or not 0.0 < p <= 1.0):
+        raise GPT2KitError(f"top_p must be in (0, 1] (1 = no nucleus filter), got {p!r}")
+
+
+def check_repetition_penalty(r) -> None:
+    if not _num(r) or not MIN_PENALTY <= r <= MAX_PENALTY:
+        raise GPT2KitError(f"repetition_penalty must be a number in [{MIN_PENALTY:g}, {MAX_PENALTY:g}] (1 = off), got {r!r}")
+
+
+def check_seed(seed) -> int | None:
+    """A seed is None (fresh randomness) or an integer in [0, 2**64)."""
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < SEED_LIMIT):
+        raise GPT2KitError(f"seed must be an integer in [0, 2**64), got {seed!r}")
+    return seed
+
+
+def check_sampling(temperature, top_k=None, top_p=None, repetition_penalty=1.0) -> None:
+    check_temperature(temperature)
+    check_top_k(top_k)
+    check_top_p(top_p)
+    check_repetition_penalty(repetition_penalty)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 1.0  # 0 means greedy (argmax)
+    top_k: int | None = None  # keep the k most likely; None = all (clamped to the vocab)
+    top_p: float | None = None  # nucleus: smallest set with mass >= top_p; None or 1.0 = all
+    repetition_penalty: float = 1.0  # CTRL / HF: divide positive logits (multiply negative) of seen ids
+
+    def __post_init__(self) -> None:
+        check_sampling(self.temperature, self.top_k, self.top_p, self.repetition_penalty)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
