@@ -19,13 +19,13 @@ def _text_file(tmp_path):
 # name -> (args built from (checkpoint, tmp_path, request), the needle of the one line)
 CASES = {
     "numpy-negative-seed": (lambda ck, t, rq: ["generate", "Hi", "--model", ck, "--backend", "numpy", "--seed", "-5"],
-                            "expected a seed: an integer in [0, 2**64), got -5"),
+                            "seed must be an integer in [0, 2**64), got -5"),
     "max-new-tokens-2e9": (lambda ck, t, rq: ["generate", "Hi", "--model", ck, "--max-new-tokens", "2000000000"],
                            "at most 1000000 tokens per sample, got 2000000000"),
     "cuda-on-cpu-build": (lambda ck, t, rq: ["generate", "Hi", "--model", ck, "--device", "cuda"],
                           "--device cuda was asked for but CUDA is not available"),
     "bogus-device": (lambda ck, t, rq: ["generate", "Hi", "--model", ck, "--device", "bogus"], "--device bogus is not a torch device"),
-    "empty-stop": (lambda ck, t, rq: ["generate", "Hi", "--model", ck, "--stop", ""], "a stop string must not be empty"),
+    "empty-stop": (lambda ck, t, rq: ["generate", "Hi", "--model", ck, "--stop", ""], "stop strings must be non-empty strings"),
     "eval-out-dir": (lambda ck, t, rq: ["eval", "perplexity", "--model", ck, "--data", _text_file(t), "--out", t],
                      "is a directory; give a file path"),
     "eval-out-readonly": (lambda ck, t, rq: ["eval", "perplexity", "--model", ck, "--data", _text_file(t),

@@ -1,21 +1,26 @@
-"""argparse value types that reject bad flag values with a message naming the valid range."""
+"""argparse value types that reject bad flag values with a message naming the valid range.
+
+Sampling values are checked by the library's own checks (sampling_params, streaming), so a flag
+and the Python API refuse the same values with the same words."""
 from __future__ import annotations
 
 import argparse
 import math
 
+from ..errors import GPT2KitError
+from ..sampling_params import check_seed, check_temperature, check_top_k, check_top_p
+
 
 MAX_NEW_TOKENS = 1_000_000  # the history buffer is 8 bytes a token per row; 2e9 would ask for 16 GB
-SEED_LIMIT = 2**64  # what torch.Generator and numpy's default_rng both accept
 
 
-def _int_in(s: str, lo: int, hi: int | None, what: str) -> int:
-    """int(s) with lo <= value <= hi (hi None: no upper bound), else an error saying `what` is expected."""
+def _int_in(s: str, lo: int | None, hi: int | None, what: str) -> int:
+    """int(s) with lo <= value <= hi (None: no bound), else an error saying `what` is expected."""
     try:
         v = int(s)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected {what}, got {s!r}") from None
-    if v < lo or (hi is not None and v > hi):
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
         raise argparse.ArgumentTypeError(f"expected {what}, got {v}")
     return v
 
@@ -32,8 +37,16 @@ def max_new_tokens(s: str) -> int:
     return _int_in(s, 1, MAX_NEW_TOKENS, f"a positive integer, at most {MAX_NEW_TOKENS} tokens per sample")
 
 
+def _checked(check, value):
+    try:
+        check(value)
+    except GPT2KitError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
+
+
 def seed(s: str) -> int:
-    return _int_in(s, 0, SEED_LIMIT - 1, "a seed: an integer in [0, 2**64)")
+    return _checked(check_seed, _int_in(s, None, None, "an integer seed"))
 
 
 def port(s: str) -> int:
@@ -41,35 +54,23 @@ def port(s: str) -> int:
 
 
 def stop_string(s: str) -> str:
-    if not s:
-        raise argparse.ArgumentTypeError("a stop string must not be empty (it would match before the first token)")
-    return s
+    from ..streaming import StopStrings
+
+    return _checked(lambda v: StopStrings([v]), s)
 
 
 def temperature(s: str) -> float:
-    v = _float(s)
-    if not math.isfinite(v) or v < 0:
-        raise argparse.ArgumentTypeError(f"temperature must be a finite number >= 0 (0 = greedy), got {s}")
-    return v
+    return _checked(check_temperature, _float(s))
 
 
 def top_k(s: str) -> int | None:
     if s.lower() in ("none", "off"):
         return None
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"top-k must be a positive integer or 'none', got {s!r}") from None
-    if v <= 0:
-        raise argparse.ArgumentTypeError(f"top-k must be a positive integer or 'none' (no limit), got {v}")
-    return v
+    return _checked(check_top_k, _int_in(s, None, None, "a positive integer or 'none'"))
 
 
 def top_p(s: str) -> float:
-    v = _float(s)
-    if not 0.0 < v <= 1.0:
-        raise argparse.ArgumentTypeError(f"top-p must be in (0, 1] (1 = off), got {s}")
-    return v
+    return _checked(check_top_p, _float(s))
 
 
 def positive_float(s: str) -> float:
