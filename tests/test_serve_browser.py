@@ -70,7 +70,7 @@ def test_page_generates_streamed_plain_text(server):
             page.locator("button[type=submit]").click()
             prompt = page.locator("#prompt textarea")
             prompt.wait_for(timeout=60_000)
-            assert page.get_by_text(PROMPT).count() >= 1  # the examples list the seed demo's prompt
+            page.get_by_text(PROMPT).first.wait_for(timeout=30_000)  # the examples list the seed demo's prompt (they render after the textbox)
             prompt.press_sequentially(PROMPT)
             page.locator("#generate").click()
             output = page.locator("#output textarea")
