@@ -63,6 +63,9 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        for name, f in FIELDS.items():  # a NaN would train to NaN loss and save it
+            if f.type == "float" and not math.isfinite(getattr(self, name)):
+                raise GPT2KitError(f"{name} must be a finite number, got {getattr(self, name)}")
         positive = ["n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum", "max_iters",
                     "lr_decay_iters", "eval_interval", "eval_iters", "log_interval", "pad_vocab_multiple"]
         for name in positive:
@@ -79,12 +82,9 @@ class TrainConfig:
             raise GPT2KitError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if self.n_embd % self.n_head:
             raise GPT2KitError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        self._check_floats_and_system()
+        self._check_optimizer_and_system()
 
-    def _check_floats_and_system(self) -> None:
-        for name, f in FIELDS.items():  # a NaN would train to NaN loss and save it
-            if f.type == "float" and not math.isfinite(getattr(self, name)):
-                raise GPT2KitError(f"{name} must be a finite number, got {getattr(self, name)}")
+    def _check_optimizer_and_system(self) -> None:
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 raise GPT2KitError(f"{name} must be in [0, 1), got {getattr(self, name)}")
