@@ -25,6 +25,7 @@ def register(sub) -> None:
 
 
 def cmd_train(args) -> int:
+    import math
     import os
 
     from gpt2kit.errors import GPT2KitError
@@ -38,6 +39,7 @@ def cmd_train(args) -> int:
 
     result = resume(args.resume, **overrides) if args.resume else train(cfg)
     if int(os.environ.get("RANK", "0")) == 0:
+        val = "no eval this session" if math.isnan(result.final_val_loss) else f"val loss {result.final_val_loss:.4f}"
         print(f"done: {result.iters} iters in {result.elapsed_s:.1f}s ({result.tokens_per_s:,.0f} tokens/s); "
-              f"val loss {result.final_val_loss:.4f} (best {result.best_val_loss:.4f}); checkpoint in {result.out}")
+              f"{val} (best {result.best_val_loss:.4f}); checkpoint in {result.out}")
     return 0
