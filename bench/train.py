@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -31,7 +32,7 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 from common import machine, table  # noqa: E402
 
-THREADS = 2
+THREADS = 2  # --threads
 EVAL_ITERS = 200
 LOG_INTERVAL = 10
 VAL_LINE = re.compile(r"step (\d+): train loss ([\d.]+), val loss ([\d.]+)")
@@ -50,7 +51,7 @@ def nanogpt_checkout(src: str, text: str, work: str) -> str:
     return dst
 
 
-def nanogpt_run(checkout: str, out: str, iters: int) -> tuple[float, float]:
+def nanogpt_run(checkout: str, out: str, iters: int) -> tuple[float, float, float]:
     cmd = [sys.executable, "train.py", "config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--dtype=float32",
            f"--eval_iters={EVAL_ITERS}", f"--log_interval={LOG_INTERVAL}", "--block_size=64", "--batch_size=12",
            "--n_layer=4", "--n_head=4", "--n_embd=128", f"--max_iters={iters}", f"--lr_decay_iters={iters}",
@@ -58,7 +59,7 @@ def nanogpt_run(checkout: str, out: str, iters: int) -> tuple[float, float]:
     return _timed(cmd, checkout, lambda stdout: float(VAL_LINE.findall(stdout)[-1][2]))
 
 
-def gpt2kit_run(data_dir: str, out: str, iters: int, ddp: int = 0) -> tuple[float, float]:
+def gpt2kit_run(data_dir: str, out: str, iters: int, ddp: int = 0) -> tuple[float, float, float]:
     flags = ["--preset", "shakespeare-char", "--data", data_dir, "--out", out, "--max-iters", str(iters),
              "--lr-decay-iters", str(iters), "--eval-iters", str(EVAL_ITERS), "--log-interval", str(LOG_INTERVAL),
              "--no-progress", "--no-plot", "--samples", "0"]
@@ -68,28 +69,37 @@ def gpt2kit_run(data_dir: str, out: str, iters: int, ddp: int = 0) -> tuple[floa
                *flags, "--batch-size", str(12 // ddp), "--grad-accum", str(ddp), "--threads", "1"]
     else:
         cmd = [sys.executable, "-m", "gpt2kit", "train", *flags, "--threads", str(THREADS)]
-    return _timed(cmd, None, lambda stdout: float(VAL_LINE.findall(stdout)[-1][2]), threads=1 if ddp else THREADS)
+    return _timed(cmd, None, lambda stdout: float(VAL_LINE.findall(stdout)[-1][2]), threads=1 if ddp else None)
 
 
-def _timed(cmd: list[str], cwd: str | None, val_loss, threads: int = THREADS) -> tuple[float, float]:
-    """(wall seconds, final val loss) of one training process."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    t = time.perf_counter()
+def _timed(cmd: list[str], cwd: str | None, val_loss, threads: int | None = None) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds, final val loss) of one training process. CPU time (user + sys of the
+    process and its children) is less disturbed than wall time when other work shares the cores."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads or THREADS)}
+    t, c = time.perf_counter(), _children_cpu()
     r = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t
+    wall, cpu = time.perf_counter() - t, _children_cpu() - c
     if r.returncode:
         raise SystemExit(f"{' '.join(cmd[:4])} ... failed:\n{r.stderr[-3000:]}")
-    return wall, val_loss(r.stdout)
+    return wall, cpu, val_loss(r.stdout)
+
+
+def _children_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def main() -> None:
+    global THREADS
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--nanogpt", required=True, metavar="DIR", help="a nanoGPT checkout (git clone of karpathy/nanoGPT)")
     ap.add_argument("--data", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "tinyshakespeare.txt"))
     ap.add_argument("--iters", type=int, default=2000)
     ap.add_argument("--repeat", type=int, default=1, help="alternate the two runs this many times; medians are compared")
     ap.add_argument("--ddp", action="store_true", help="also time gpt2kit under torchrun with 2 processes")
+    ap.add_argument("--threads", type=int, default=THREADS, help="torch threads of each run (OMP_NUM_THREADS)")
     args = ap.parse_args()
+    THREADS = args.threads
     from gpt2kit.data import prepare
 
     work = tempfile.mkdtemp(prefix="bench-train-")
@@ -104,11 +114,13 @@ def main() -> None:
     if args.ddp:
         runs["gpt2kit train, torchrun x2 (1 thread each)"] = [gpt2kit_run(data_dir, os.path.join(work, "ddp"), args.iters, ddp=2)]
     tokens = args.iters * 12 * 64
-    wall = {name: statistics.median(w for w, _ in rs) for name, rs in runs.items()}
-    rows = [[name, f"{wall[name]:.1f}", " ".join(f"{w:.1f}" for w, _ in rs), f"{tokens / wall[name]:,.0f}", f"{rs[-1][1]:.4f}"]
-            for name, rs in runs.items()]
-    print(table(rows, ["run", "wall s (median)", "each run", "tokens/s", "val loss"]))
-    print(f"gpt2kit / nanoGPT wall time: {wall['gpt2kit train'] / wall['nanoGPT train.py']:.3f} "
+    wall = {name: statistics.median(r[0] for r in rs) for name, rs in runs.items()}
+    cpu = {name: statistics.median(r[1] for r in rs) for name, rs in runs.items()}
+    rows = [[name, f"{wall[name]:.1f}", " ".join(f"{r[0]:.1f}" for r in rs), f"{cpu[name]:.1f}", f"{tokens / wall[name]:,.0f}",
+             f"{rs[-1][2]:.4f}"] for name, rs in runs.items()]
+    print(table(rows, ["run", "wall s (median)", "each run", "CPU s (median)", "tokens/s", "val loss"]))
+    ng, g2k = "nanoGPT train.py", "gpt2kit train"
+    print(f"gpt2kit / nanoGPT: wall time {wall[g2k] / wall[ng]:.3f}, CPU time {cpu[g2k] / cpu[ng]:.3f} "
           f"({args.iters} iters, {THREADS} threads each) | load average after: {os.getloadavg()[0]:.2f}")
     shutil.rmtree(work, ignore_errors=True)
 
