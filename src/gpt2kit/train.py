@@ -532,6 +532,7 @@ def resume(run_dir: str, *, log=print, **overrides) -> TrainResult:
 
 def set_dropout(model: GPT, p: float) -> None:
     """Set dropout everywhere it acts: every nn.Dropout, the attention's SDPA dropout_p, and the config."""
+    p = float(p)
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
             m.p = p
