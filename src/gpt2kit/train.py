@@ -442,7 +442,7 @@ class Trainer:
                        meta={"iter": it, "val_loss": self.last["val"], "train_config": cfg.to_dict()})
         self.save_state(elapsed)
 
-    @torch.no_grad()
+    @torch.inference_mode()  # ~5% faster than no_grad on CPU; eval tensors never meet autograd
     def estimate_loss(self) -> dict[str, float]:
         """Mean loss over eval_iters fixed batches per split; the batches are drawn once and reused."""
         cfg = self.cfg
