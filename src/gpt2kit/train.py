@@ -258,10 +258,11 @@ class Trainer:
             with _StopFlag() as stop:
                 self.loop(stop)
             return self.finish(stopped=stop.set)
-        except OSError as e:
-            if e.errno not in _DISK_ERRNOS:
+        except Exception as e:
+            if not _is_disk_error(e):
                 raise
-            raise GPT2KitError(f"cannot write the run to {self.cfg.out}: {e.strerror}; choose another out or free space") from None
+            why = e.strerror if isinstance(e, OSError) else "no space left on device"
+            raise GPT2KitError(f"cannot write the run to {self.cfg.out}: {why}; choose another out or free space") from None
         finally:
             self.close()
 
@@ -288,7 +289,10 @@ class Trainer:
         _check_disk(cfg.out, self.raw_model.num_params(non_embedding=False), self.dist)
         self.optimizer = configure_optimizer(self.raw_model, cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.split(":")[0], enabled=(self.dtype == torch.float16))
-        self.restore(state) if state is not None else self.seed()
+        if state is not None:
+            self.restore(state)
+        else:
+            self.seed()
         self.model = self.wrap(self.raw_model)
         self.tokens_per_iter = cfg.grad_accum * cfg.batch_size * self.raw_model.config.block_size
         if self.dist.master:
@@ -559,6 +563,13 @@ def print_samples(cfg: TrainConfig, log=print) -> None:
 
 EVAL_CACHE_BYTES = 64 << 20  # the fixed eval batches are kept on the device when they fit in this
 _DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM)
+
+
+def _is_disk_error(e: Exception) -> bool:
+    """A full, read-only or forbidden file system (safetensors reports a full disk as its own error type)."""
+    if isinstance(e, OSError):
+        return e.errno in _DISK_ERRNOS
+    return type(e).__name__ == "SafetensorError" and "No space left" in str(e)
 
 
 def _check_out_is_dir(out: str) -> None:
