@@ -10,9 +10,9 @@ import time
 import pytest
 import torch
 
-from conftest import hf_model, ours_from_hf
+from conftest import hf_model, ours_from_hf, run_cli
 from gpt2kit.data import TokenData, prepare
-from gpt2kit.train import configure_optimizer, init_model, lr_at, train
+from gpt2kit.train import Trainer, configure_optimizer, init_model, lr_at, resume, resume_config, train
 from gpt2kit.train_config import TrainConfig, make_config, preset_names
 from gpt2kit.weights import TRANSPOSED
 
@@ -134,7 +134,11 @@ def test_ctrl_c_saves_state_and_resumes(data_dir, tmp_path):
     flags[flags.index("--max-iters") + 1] = 100000
     proc = subprocess.Popen(_cli("--data", data_dir, "--out", out, *flags), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     latest = out / "state" / "LATEST"
+    deadline = time.time() + 120
     while not latest.exists():
+        if proc.poll() is not None or time.time() > deadline:
+            proc.kill()
+            pytest.fail(f"no state/LATEST within 120 s (exit code {proc.poll()}): {proc.communicate()[1][-2000:]}")
         time.sleep(0.05)
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
@@ -197,3 +201,45 @@ def test_finetune_from_pretrained_dir(data_dir, tmp_path):
     train(cfg, log=lambda *a: None)
     m = load_model(tmp_path / "ft")
     assert m.config.block_size == 48 and m.transformer.wpe.weight.shape[0] == 48
+
+
+@pytest.fixture
+def tiny_run(data_dir, tmp_path):
+    """A finished 4-iteration run (evals at 0, 2, 4), trained in-process."""
+    cfg = TrainConfig(**TINY, data=data_dir, out=str(tmp_path / "run"), max_iters=4, eval_interval=2)
+    train(cfg, log=lambda *a: None)
+    return tmp_path / "run"
+
+
+def test_resume_with_new_dropout_changes_every_dropout_module(tiny_run):
+    trainer = Trainer(resume_config(str(tiny_run), {"dropout": 0.3, "max_iters": 6}), resume=True, log=lambda *a: None)
+    trainer.run()
+    recorded = json.loads((tiny_run / "state" / "model_config.json").read_text())["dropout"]
+    drops = [m.p for m in trainer.raw_model.modules() if isinstance(m, torch.nn.Dropout)]
+    attn = [b.attn.dropout for b in trainer.raw_model.transformer.h]  # SDPA's dropout_p
+    assert recorded == 0.3 and len(drops) == 1 + 2 * 2 and set(drops) == set(attn) == {recorded}
+    assert json.loads((tiny_run / "train_config.json").read_text())["dropout"] == 0.3
+
+
+def test_resume_refuses_overrides_that_cannot_take_effect(tiny_run):
+    from gpt2kit.errors import GPT2KitError
+
+    with pytest.raises(GPT2KitError, match="cannot change n_embd, n_layer when resuming"):
+        resume(str(tiny_run), n_layer=3, n_embd=48, max_iters=6)
+    assert resume_config(str(tiny_run), {"n_layer": 2, "lr": 5e-3}).lr == 5e-3  # unchanged values are fine
+
+
+def test_resume_drops_a_torn_metrics_line_and_says_so(tiny_run):
+    with open(tiny_run / "metrics.jsonl", "a") as f:
+        f.write('{"step": 6, "train_lo')  # a kill in the middle of an append
+    r = run_cli("train", "--resume", tiny_run, "--max-iters", 6)
+    assert r.returncode == 0, r.stderr[-2000:]
+    notices = [ln for ln in r.stdout.splitlines() if ln.startswith("note:")]
+    assert notices == [f"note: dropped the torn last line of {tiny_run / 'metrics.jsonl'} (the previous run was killed mid-write)"]
+    assert [json.loads(line)["step"] for line in (tiny_run / "metrics.jsonl").read_text().splitlines()] == [0, 2, 4, 6]
+
+
+def test_resume_prints_the_configured_samples(tiny_run):
+    r = run_cli("train", "--resume", tiny_run, "--max-iters", 6, "--samples", 2, "--sample-tokens", 5)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("---------- sample") == 2

@@ -293,8 +293,20 @@ class TokenData:
         if not os.path.exists(meta_path):
             raise GPT2KitError(f"{data_dir} is not a prepared data dir (no meta.json); run `gpt2kit prepare FILES --out {data_dir}`")
         self.meta = read_json(meta_path, "data meta")
-        self.n_vocab = int(self.meta["n_vocab"])
+        n_vocab = self.meta.get("n_vocab") if isinstance(self.meta, dict) else None
+        if not isinstance(n_vocab, int) or isinstance(n_vocab, bool) or n_vocab < 1:
+            raise GPT2KitError(f"{meta_path}: n_vocab must be a positive integer, got {n_vocab!r}; re-run `gpt2kit prepare`")
+        self.n_vocab = n_vocab
         self.splits = {s: read_tokens(os.path.join(data_dir, f"{s}.bin")) for s in ("train", "val")}
+        self.check_ids()
+
+    def check_ids(self) -> None:
+        """Every token id must index the vocabulary (one streaming max per split, checked up front)."""
+        for s, arr in self.splits.items():
+            top = int(arr.max()) if len(arr) else -1
+            if top >= self.n_vocab:
+                raise GPT2KitError(f"{self.dir}/{s}.bin holds token id {top} but meta.json says n_vocab={self.n_vocab}; "
+                                   "the data and its tokenizer disagree, re-run `gpt2kit prepare`")
 
     def tokenizer(self):
         from .tokenization import load_tokenizer

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 from dataclasses import dataclass
 from importlib import resources
 
@@ -61,6 +63,9 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        for name, f in FIELDS.items():  # a NaN would train to NaN loss and save it
+            if f.type == "float" and not math.isfinite(getattr(self, name)):
+                raise GPT2KitError(f"{name} must be a finite number, got {getattr(self, name)}")
         positive = ["n_layer", "n_head", "n_embd", "block_size", "batch_size", "grad_accum", "max_iters",
                     "lr_decay_iters", "eval_interval", "eval_iters", "log_interval", "pad_vocab_multiple"]
         for name in positive:
@@ -77,6 +82,19 @@ class TrainConfig:
             raise GPT2KitError(f"dtype must be auto, float32, bfloat16 or float16, got {self.dtype!r}")
         if self.n_embd % self.n_head:
             raise GPT2KitError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        self._check_optimizer_and_system()
+
+    def _check_optimizer_and_system(self) -> None:
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise GPT2KitError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        for name in ("weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                raise GPT2KitError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 <= self.seed < 2**32:  # numpy's legacy seed range, used for the RNG state of a run
+            raise GPT2KitError(f"seed must be in [0, 2**32), got {self.seed}")
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
+            raise GPT2KitError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -99,7 +117,10 @@ def load_preset(name: str) -> dict:
 def load_config_file(path: str) -> dict:
     if not os.path.isfile(path):
         raise GPT2KitError(f"config file not found: {path}")
-    text = open(path, encoding="utf-8").read()
+    try:
+        text = open(path, encoding="utf-8").read()
+    except UnicodeDecodeError:
+        raise GPT2KitError(f"config file {path} is not UTF-8 text; it must be a TOML or JSON file of config fields") from None
     if path.endswith(".json"):
         try:
             return _check_keys(json.loads(text), path)
@@ -122,6 +143,8 @@ def _parse_toml(text: str, where: str) -> dict:
 
 
 def _check_keys(d: dict, where: str) -> dict:
+    if not isinstance(d, dict):
+        raise GPT2KitError(f"{where} must hold a table of config fields, got {type(d).__name__}")
     unknown = sorted(set(d) - set(FIELDS))
     if unknown:
         raise GPT2KitError(f"{where}: unknown keys {unknown}; see `gpt2kit train --help` for the fields")
@@ -135,10 +158,16 @@ def make_config(preset: str | None = None, config_file: str | None = None, overr
     if config_file:
         values.update(load_config_file(config_file))
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return config_from_dict(values, "config")
+
+
+def config_from_dict(values: dict, where: str) -> TrainConfig:
+    """A TrainConfig from JSON/TOML values, checking keys and types (a saved train_config.json too)."""
+    values = dict(_check_keys(values, where))
     for k, v in values.items():  # TOML/JSON types must match the dataclass
         want = FIELDS[k].type
         if want == "float" and isinstance(v, int) and not isinstance(v, bool):
             values[k] = float(v)
         elif want in ("int", "float", "bool", "str") and type(values[k]).__name__ != want:
-            raise GPT2KitError(f"config key {k} must be {want}, got {v!r}")
+            raise GPT2KitError(f"{where}: key {k} must be {want}, got {v!r}")
     return TrainConfig(**values)

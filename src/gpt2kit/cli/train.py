@@ -25,42 +25,21 @@ def register(sub) -> None:
 
 
 def cmd_train(args) -> int:
+    import math
     import os
 
     from gpt2kit.errors import GPT2KitError
-    from gpt2kit.fileio import read_json
-    from gpt2kit.train import train
-    from gpt2kit.train_config import FIELDS, TrainConfig, make_config
+    from gpt2kit.train_config import FIELDS, make_config
 
     overrides = {k: getattr(args, k) for k in FIELDS if getattr(args, k) is not None}
-    if args.resume:
-        saved = os.path.join(args.resume, "train_config.json")
-        if not os.path.exists(saved):
-            raise GPT2KitError(f"nothing to resume in {args.resume}: no train_config.json (is it a gpt2kit run dir?)")
-        cfg = TrainConfig(**{**read_json(saved, "train config"), **overrides, "out": args.resume})
-    else:
-        cfg = make_config(args.preset, args.config, overrides)
-    result = train(cfg, resume=bool(args.resume))
-    if int(os.environ.get("RANK", "0")) != 0:
-        return 0
-    print(f"done: {result.iters} iters in {result.elapsed_s:.1f}s ({result.tokens_per_s:,.0f} tokens/s); "
-          f"val loss {result.final_val_loss:.4f} (best {result.best_val_loss:.4f}); checkpoint in {cfg.out}")
-    if cfg.samples and os.path.exists(os.path.join(cfg.out, "config.json")):
-        print_samples(cfg)
+    if args.resume and (args.preset or args.config):
+        raise GPT2KitError("--resume continues with the run's own config; drop --preset/--config and pass flags to override it")
+    cfg = None if args.resume else make_config(args.preset, args.config, overrides)  # checked before torch loads
+    from gpt2kit.train import resume, train
+
+    result = resume(args.resume, **overrides) if args.resume else train(cfg)
+    if int(os.environ.get("RANK", "0")) == 0:
+        val = "no eval this session" if math.isnan(result.final_val_loss) else f"val loss {result.final_val_loss:.4f}"
+        print(f"done: {result.iters} iters in {result.elapsed_s:.1f}s ({result.tokens_per_s:,.0f} tokens/s); "
+              f"{val} (best {result.best_val_loss:.4f}); checkpoint in {result.out}")
     return 0
-
-
-def print_samples(cfg) -> None:
-    import torch
-
-    from gpt2kit.generation import generate_text
-    from gpt2kit.tokenization import load_tokenizer
-    from gpt2kit.weights import load_model
-
-    model, tok = load_model(cfg.out), load_tokenizer(cfg.out)
-    prompt = cfg.sample_prompt or ("" if tok.eot_token is not None else "\n")
-    ids = tok.encode(prompt) if prompt else [tok.eot_token]
-    g = torch.Generator().manual_seed(cfg.seed)
-    for i in range(cfg.samples):
-        print(f"---------- sample {i + 1} ----------")
-        print(prompt + "".join(generate_text(model, tok, ids, cfg.sample_tokens, temperature=0.8, top_k=40, generator=g)), flush=True)
