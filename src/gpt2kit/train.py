@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib.util
 import json
 import math
 import os
@@ -32,6 +33,7 @@ from .config import GPTConfig
 from .data import TokenData
 from .errors import GPT2KitError
 from .fileio import atomic_path, read_json, write_json_atomic
+from .loading import check_device
 from .model import GPT
 from .runlog import append_line, drop_torn_tail, read_metrics, truncate_metrics
 from .train_config import TrainConfig, config_from_dict
@@ -84,8 +86,7 @@ def resolve_device(cfg: TrainConfig, dist_: Dist) -> str:
     if dev == "auto":
         dev = "cuda" if torch.cuda.is_available() else "cpu"
     if dev.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise GPT2KitError("--device cuda was asked for but CUDA is not available; use --device cpu")
+        check_device(dev)
         if dist_.ddp:
             dev = f"cuda:{dist_.local_rank}"
         torch.cuda.set_device(dev)
@@ -134,7 +135,7 @@ def init_model(cfg: TrainConfig, n_vocab: int) -> GPT:
                              n_embd=cfg.n_embd, dropout=cfg.dropout, bias=cfg.bias, pad_vocab_multiple=cfg.pad_vocab_multiple))
     pre = load_model(cfg.init_from)
     if pre.config.vocab_size != n_vocab:
-        raise GPT2KitError(f"{cfg.init_from} has a vocabulary of {pre.config.vocab_size} but the data has {n_vocab}; prepare the data with --tokenizer gpt2")
+        raise GPT2KitError(f"{cfg.init_from} has a vocabulary of {pre.config.vocab_size} but the data has {n_vocab}; prepare the data with tokenizer=gpt2")
     sd = {k: v.contiguous() for k, v in pre.state_dict().items() if k != "lm_head.weight"}  # row-major for training
     model = build_model(replace(pre.config, dropout=cfg.dropout), sd, source=cfg.init_from)
     if cfg.block_size < model.config.block_size:
@@ -303,9 +304,9 @@ class Trainer:
         if os.path.isdir(cfg.data):
             return cfg.data
         if not cfg.data:
-            raise GPT2KitError("no training data: pass --data DIR (from `gpt2kit prepare`) or a built-in corpus (python-stdlib, shakespeare)")
+            raise GPT2KitError("no training data: pass data=DIR (from `gpt2kit prepare`) or a built-in corpus (python-stdlib, shakespeare)")
         if os.path.exists(cfg.data):
-            raise GPT2KitError(f"{cfg.data} is a file; prepare it first: gpt2kit prepare {cfg.data} --tokenizer char --out data/mine, then --data data/mine")
+            raise GPT2KitError(f"{cfg.data} is a file; prepare it first: gpt2kit prepare {cfg.data} --tokenizer char --out data/mine, then data=data/mine")
         data_dir = prepare_builtin(cfg.data, cfg) if self.dist.master else os.path.join(cfg.out, "data")
         if self.dist.ddp:
             torch.distributed.barrier()
@@ -484,7 +485,10 @@ class Trainer:
             self.save_state(elapsed)
             self.log(f"stopped at iter {self.it}; state saved. Continue with: gpt2kit train --resume {cfg.out}")
         if master and cfg.plot:
-            plot_losses(cfg.out, self.train_losses)
+            if importlib.util.find_spec("matplotlib") is None:  # the [plot] extra is optional
+                self.log("note: no loss.png: matplotlib is not installed (pip install 'gpt2kit[plot]')")
+            else:
+                plot_losses(cfg.out, self.train_losses)
         if self.dist.ddp:
             torch.distributed.barrier()
         result = TrainResult(cfg.out, self.it, self.best_val, self.last["train"], self.last["val"], elapsed,
@@ -620,7 +624,7 @@ def _tensorboard(cfg: TrainConfig):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise GPT2KitError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+        raise GPT2KitError("tensorboard=True needs the tensorboard package: pip install tensorboard") from None
     return SummaryWriter(os.path.join(cfg.out, "tb"))
 
 

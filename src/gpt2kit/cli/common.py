@@ -13,8 +13,9 @@ PARAM_FLAGS = {
     "tokenizer": "--tokenizer", "dtype": "--dtype", "device": "--device", "backend": "--backend",
     "allowed_special": "--allow-special", "trust_pickle": "--trust-pickle", "data": "--data",
     "digits": "--digits", "field": "--field", "block_size": "--block-size", "max_new_tokens": "--max-new-tokens",
+    "tensorboard": "--tensorboard",
 }
-SWITCHES = {"allowed_special", "trust_pickle"}  # store_true flags: the parameter's value is not shown
+SWITCHES = {"allowed_special", "trust_pickle", "tensorboard"}  # store_true flags: the parameter's value is not shown
 _PARAM = re.compile(r"\b(" + "|".join(PARAM_FLAGS) + r")=(\{[^}]*\}|'[^']*'|\"[^\"]*\"|[^\s,;)/]*)")
 
 
