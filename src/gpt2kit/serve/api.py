@@ -93,9 +93,9 @@ def failure_body(e: RequestFailed) -> dict:
 def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max_tokens_cap: int = 1024,
                page: bool = True, cors_origins: tuple[str, ...] = (), read_timeout: float = 10.0) -> FastAPI:
     """read_timeout: seconds a request body may take to arrive (a client trickling bytes cannot hold a request)."""
-    tok, cfg = engine.tokenizer, engine.config
-    limits = ServerLimits(model_id=model_id, tokenizer=tok, block_size=cfg.block_size, vocab_size=cfg.vocab_size,
-                          max_tokens_cap=max_tokens_cap, max_rows=engine.max_batch)
+    cfg = engine.config
+    limits = ServerLimits(model_id=model_id, tokenizer=engine.tokenizer, block_size=cfg.block_size,
+                          vocab_size=cfg.vocab_size, max_tokens_cap=max_tokens_cap, max_rows=engine.max_batch)
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -104,7 +104,24 @@ def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max
 
     app = FastAPI(title="gpt2kit", lifespan=lifespan, docs_url=None, redoc_url=None, redirect_slashes=False)
     app.state.engine = engine
+    add_error_handlers(app, page)
+    add_info_routes(app, engine, model_id, max_tokens_cap)
+    add_completion_routes(app, engine, limits, read_timeout)
+    add_fallback_routes(app, page)
+    if page:
+        from .page import mount_page
 
+        app = mount_page(app, engine, limits)
+    app.add_middleware(Guard, api_key=api_key, cors_origins=tuple(cors_origins))
+    return app
+
+
+def unknown_route(request: Request, page: bool) -> JSONResponse:
+    return JSONResponse(error_body(f"no route {request.method} {request.url.path}; this server answers {ENDPOINTS}"
+                                   + (" and the page at /" if page else ""), code="unknown_url"), status_code=404)
+
+
+def add_error_handlers(app: FastAPI, page: bool) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request, e: ApiError):
         return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
@@ -112,12 +129,14 @@ def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request, e: StarletteHTTPException):
         if e.status_code == 404:
-            return unknown_route(request)
+            return unknown_route(request, page)
         return JSONResponse(error_body(str(e.detail)), status_code=e.status_code, headers=getattr(e, "headers", None))
 
-    def unknown_route(request: Request) -> JSONResponse:
-        return JSONResponse(error_body(f"no route {request.method} {request.url.path}; this server answers {ENDPOINTS}"
-                                       + (" and the page at /" if page else ""), code="unknown_url"), status_code=404)
+
+def add_info_routes(app: FastAPI, engine: Engine, model_id: str, max_tokens_cap: int) -> None:
+    def model_card() -> dict:
+        return {"id": model_id, "object": "model", "created": 0, "owned_by": "gpt2kit",
+                "context_length": engine.config.block_size, "max_tokens_cap": max_tokens_cap}
 
     @app.get("/health")
     async def health():
@@ -133,9 +152,9 @@ def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max
             raise ApiError(404, f"the model {name!r} does not exist; this server serves {model_id!r}", "model", code="model_not_found")
         return model_card()
 
-    def model_card() -> dict:
-        return {"id": model_id, "object": "model", "created": 0, "owned_by": "gpt2kit",
-                "context_length": cfg.block_size, "max_tokens_cap": max_tokens_cap}
+
+def add_completion_routes(app: FastAPI, engine: Engine, limits: ServerLimits, read_timeout: float) -> None:
+    model_id, tok = limits.model_id, engine.tokenizer
 
     # the body is read by hand (size cap, nesting check, off-loop parsing); the schema documents it
     @app.post("/v1/completions", openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": body_schema()}}}})
@@ -165,17 +184,6 @@ def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max
             return JSONResponse(error_body(str(e), "server_error"), status_code=500)
         return JSONResponse(collected.body(cid, model_id, tok, usage(gen.prompt_tokens, gen.completion_tokens)))
 
-    # Registered after the real routes and before the page's mount at "/", so /v1/* never reaches gradio:
-    # a known path with the wrong method is a 405, anything else a 404, both in OpenAI's shape.
-    @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
-                   include_in_schema=False)
-    async def other_v1(request: Request, rest: str):
-        allow = {"completions": "POST", "models": "GET"}.get(rest) or ("GET" if rest.startswith("models/") else None)
-        if allow:
-            return JSONResponse(error_body(f"{request.method} is not allowed on /v1/{rest}; use {allow}",
-                                           code="method_not_allowed"), status_code=405, headers={"Allow": allow})
-        return unknown_route(request)
-
     async def sse(gen: Generation, request: Request, cid: str, created: int, include_usage: bool):
         def event(obj) -> str:
             return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
@@ -199,9 +207,15 @@ def create_app(engine: Engine, *, model_id: str, api_key: str | None = None, max
                          "usage": usage(gen.prompt_tokens, gen.completion_tokens)})
         yield "data: [DONE]\n\n"
 
-    if page:
-        from .page import mount_page
 
-        app = mount_page(app, engine, limits)
-    app.add_middleware(Guard, api_key=api_key, cors_origins=tuple(cors_origins))
-    return app
+def add_fallback_routes(app: FastAPI, page: bool) -> None:
+    # Registered after the real routes and before the page's mount at "/", so /v1/* never reaches gradio:
+    # a known path with the wrong method is a 405, anything else a 404, both in OpenAI's shape.
+    @app.api_route("/v1/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+                   include_in_schema=False)
+    async def other_v1(request: Request, rest: str):
+        allow = {"completions": "POST", "models": "GET"}.get(rest) or ("GET" if rest.startswith("models/") else None)
+        if allow:
+            return JSONResponse(error_body(f"{request.method} is not allowed on /v1/{rest}; use {allow}",
+                                           code="method_not_allowed"), status_code=405, headers={"Allow": allow})
+        return unknown_route(request, page)
