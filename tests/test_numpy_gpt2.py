@@ -250,3 +250,20 @@ def test_cli_numpy_backend_rejects_device_flags(gpt2_checkpoint, capsys):
     assert main(["generate", "hi", "--model", str(d), "--backend", "numpy", "--device", "cuda"]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "gpt2kit generate: error: --backend numpy runs float32 on the CPU; drop --device/--dtype or use --backend torch"
+
+
+def test_numpy_generate_checks_seed_and_refuses_nan_weights(pair):
+    """The NumPy sampler is total like the torch one: no out-of-range seed, no id drawn from NaN logits."""
+    _, m = pair
+    with pytest.raises(GPT2KitError, match=r"seed must be an integer in \[0, 2\*\*64\)"):
+        list(ng.generate(m, [1, 2], 3, seed=-5))
+    def nan_like(x):
+        if isinstance(x, np.ndarray):
+            return np.full_like(x, np.nan)
+        if isinstance(x, dict):
+            return {k: nan_like(v) for k, v in x.items()}
+        return [nan_like(v) for v in x] if isinstance(x, (list, tuple)) else x
+
+    nan = ng.NumpyGPT2(nan_like(m.params), m.config)
+    with pytest.raises(GPT2KitError, match="no finite logits"):
+        list(ng.generate(nan, [1, 2], 3, temperature=0.8, seed=1))

@@ -138,7 +138,7 @@ def test_largest_seed_works_everywhere(tiny_checkpoint):
 
 def test_nan_weights_give_a_clear_error_not_a_bad_id(tiny_checkpoint):
     from gpt2kit import generate, load_model
-    from gpt2kit.sampling import NAN_LOGITS_MESSAGE
+    from gpt2kit.sampling_params import NAN_LOGITS_MESSAGE
 
     model = load_model(tiny_checkpoint)
     with torch.no_grad():

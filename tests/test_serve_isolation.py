@@ -136,7 +136,8 @@ def test_engine_failure_at_admission_fails_that_request_only(local):
 
 @pytest.mark.parametrize("fault", ["raise", "nan"])
 def test_engine_sampling_fault_fails_that_request_only(local, monkeypatch, fault):
-    from gpt2kit.sampling import NAN_LOGITS_MESSAGE, NO_FINITE_LOGIT
+    from gpt2kit.sampling import NO_FINITE_LOGIT
+    from gpt2kit.sampling_params import NAN_LOGITS_MESSAGE
     from gpt2kit.serve import engine as engine_mod
 
     real = engine_mod.sample_rows

@@ -16,8 +16,8 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 
 from .errors import GPT2KitError
-from .sampling import NAN_LOGITS_MESSAGE, NO_FINITE_LOGIT, SamplingParams, sample
-from .sampling_params import check_seed
+from .sampling import NO_FINITE_LOGIT, SamplingParams, sample
+from .sampling_params import NAN_LOGITS_MESSAGE, check_seed
 from .streaming import TextStreamer, stream_text  # noqa: F401  (torch-free module, shared with numpy_gpt2)
 from .tokenization.base import Tokenizer
 

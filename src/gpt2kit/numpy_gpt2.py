@@ -27,7 +27,7 @@ from .checkpoint import TRANSPOSED, gpt2kit_key, read_model_dir, read_safetensor
 from .config import GPTConfig
 from .errors import GPT2KitError
 from .hub import resolve_model_path
-from .sampling_params import check_sampling
+from .sampling_params import NAN_LOGITS_MESSAGE, check_sampling, check_seed
 
 GELU_C = math.sqrt(2 / math.pi)  # a Python float, so float32 arrays stay float32
 
@@ -142,7 +142,13 @@ def next_token_probs(logits, temperature: float = 1.0, top_k: int | None = None,
 
 def sample(logits, rng: np.random.Generator, temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
            repetition_penalty: float = 1.0, seen=None) -> int:
-    """Pick one id from logits (V,); temperature 0 is greedy. seen (V,) bool marks ids already in the context."""
+    """Pick one id from logits (V,); temperature 0 is greedy. seen (V,) bool marks ids already in the context.
+    Total, as the torch sampler: NaN/inf logits are never drawn, and a row with none finite is an error."""
+    finite = np.isfinite(logits)  # (V,)
+    if not finite.all():
+        if not finite.any():
+            raise GPT2KitError(NAN_LOGITS_MESSAGE)
+        logits = np.where(finite, logits, -np.inf)  # (V,)
     if seen is not None and repetition_penalty != 1.0:
         logits = np.where(seen, np.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty), logits)  # CTRL's penalty
     if temperature == 0:
@@ -163,6 +169,7 @@ def generate(model: "NumpyGPT2", ids: Sequence[int], n_tokens: int, *, temperatu
     """
     params, config = model
     check_sampling(temperature, top_k, top_p, repetition_penalty)
+    check_seed(seed)
     if not isinstance(n_tokens, int) or isinstance(n_tokens, bool) or n_tokens < 1:
         raise GPT2KitError(f"n_tokens must be a positive integer, got {n_tokens!r}")
     ids = list(ids)

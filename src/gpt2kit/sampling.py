@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from .sampling_params import SamplingParams  # its torch-free home; re-exported here
 
 NO_FINITE_LOGIT = -1
-NAN_LOGITS_MESSAGE = "the model produced no finite logits (NaN or inf): its weights are likely corrupt"
 
 
 def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: float) -> torch.Tensor:

@@ -15,6 +15,7 @@ from .errors import GPT2KitError
 MIN_TEMPERATURE = 1e-4  # below this, sampling is greedy in all but rounding: ask for 0
 MIN_PENALTY, MAX_PENALTY = 1e-3, 1e3
 SEED_LIMIT = 2**64
+NAN_LOGITS_MESSAGE = "the model produced no finite logits (NaN or inf): its weights are likely corrupt"
 
 
 def _num(v) -> bool:

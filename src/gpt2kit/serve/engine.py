@@ -23,7 +23,8 @@ from collections import deque
 import torch
 
 from ..errors import GPT2KitError
-from ..sampling import NAN_LOGITS_MESSAGE, NO_FINITE_LOGIT
+from ..sampling import NO_FINITE_LOGIT
+from ..sampling_params import NAN_LOGITS_MESSAGE
 from .rows import Job, Piece, Row, TokenLogprob, row_generator, sample_rows, top_logprobs
 from .slots import SlotPool
 
