@@ -55,10 +55,7 @@ def generate(
     cfg = model.config
     batch = _check_prompts(prompt, cfg.vocab_size)
     single = not isinstance(prompt[0], (list, tuple)) and num_samples == 1
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-        raise GPT2KitError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
-    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
-        raise GPT2KitError(f"num_samples must be a positive integer, got {num_samples!r}")
+    _check_positive(max_new_tokens=max_new_tokens, num_samples=num_samples)
     check_seed(seed)
     device = model.transformer.wte.weight.device
     if generator is None and seed is not None:
@@ -66,18 +63,11 @@ def generate(
     stop = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long, device=device)
 
     rows = [p[-cfg.block_size:] for p in batch for _ in range(num_samples)]  # crop over-long prompts
-    B, L = len(rows), max(len(r) for r in rows)
-    hist = torch.zeros(B, L + max_new_tokens, dtype=torch.long, device=device)  # left-padded history
-    pad = torch.tensor([L - len(r) for r in rows], device=device)  # (B,)
-    for b, r in enumerate(rows):
-        hist[b, L - len(r) : L] = torch.tensor(r, dtype=torch.long)
+    hist, pad = _left_padded(rows, max_new_tokens, device)  # (B, L + max_new_tokens), (B,)
+    B, L = len(rows), hist.shape[1] - max_new_tokens
     n = L  # filled length of hist
     padded = bool(pad.any())
-    seen = None
-    if repetition_penalty != 1.0:
-        seen = torch.zeros(B, cfg.vocab_size, dtype=torch.bool, device=device)
-        for b, r in enumerate(rows):
-            seen[b, r] = True
+    seen = _seen_mask(rows, cfg.vocab_size, device) if repetition_penalty != 1.0 else None
     done = torch.zeros(B, dtype=torch.bool, device=device)
     cache = model.new_cache(B, min(cfg.block_size, L + max_new_tokens))
 
@@ -93,14 +83,10 @@ def generate(
                 seen[torch.arange(B, device=device), nxt] = True
             hist[:, n] = nxt
             n += 1
-            stopped_now = torch.isin(nxt, stop) & ~done if stop.numel() else None
-            if single:
-                yield int(nxt[0])
-            else:
-                ids = nxt.tolist()
-                yield [None if d else t for t, d in zip(ids, done.tolist())]
-            if stopped_now is not None:
-                done |= stopped_now
+            # a row that already stopped yields None; the step that stops it yields its stop token
+            yield int(nxt[0]) if single else [None if d else t for t, d in zip(nxt.tolist(), done.tolist())]
+            if stop.numel():
+                done |= torch.isin(nxt, stop)
                 if bool(done.all()):
                     return
             if n == L + max_new_tokens:
@@ -112,6 +98,29 @@ def generate(
                 logits, _ = model(nxt[:, None], cache=cache, positions=positions)  # (B, 1, V)
     finally:
         model.train(was_training)
+
+
+def _check_positive(**counts) -> None:
+    for name, v in counts.items():
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise GPT2KitError(f"{name} must be a positive integer, got {v!r}")
+
+
+def _left_padded(rows: list[list[int]], max_new_tokens: int, device):
+    """The history buffer (B, L + max_new_tokens), prompts right-aligned at L, and each row's pad (B,)."""
+    B, L = len(rows), max(len(r) for r in rows)
+    hist = torch.zeros(B, L + max_new_tokens, dtype=torch.long, device=device)  # (B, L + max_new_tokens)
+    for b, r in enumerate(rows):
+        hist[b, L - len(r) : L] = torch.tensor(r, dtype=torch.long)
+    return hist, torch.tensor([L - len(r) for r in rows], device=device)  # (B,)
+
+
+def _seen_mask(rows: list[list[int]], vocab_size: int, device):
+    """(B, V) bool: the ids already in each row's context (for the repetition penalty)."""
+    seen = torch.zeros(len(rows), vocab_size, dtype=torch.bool, device=device)
+    for b, r in enumerate(rows):
+        seen[b, r] = True
+    return seen
 
 
 def _prefill(model, cache, hist, n: int, pad, padded: bool):
