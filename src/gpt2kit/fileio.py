@@ -75,6 +75,22 @@ def recover_stale(path: str | os.PathLike) -> None:
             _remove(stale)
 
 
+def check_writable(path: str | os.PathLike) -> str:
+    """Before any work: the nearest existing ancestor of `path` (where makedirs would start) must be a
+    writable directory. Returns that ancestor."""
+    from .errors import GPT2KitError
+
+    existing = os.path.abspath(os.fspath(path))
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise GPT2KitError(f"cannot write {path}: {existing} is a file; choose another output path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise GPT2KitError(f"cannot write {path}: {existing} is not writable (read-only file system or no permission); "
+                           "choose a writable output path")
+    return existing
+
+
 def write_failure(e: BaseException) -> str | None:
     """The reason, when `e` says the output cannot be written (full disk, read-only, ...)."""
     if isinstance(e, OSError) and e.errno in WRITE_ERRNOS:
@@ -87,7 +103,7 @@ def write_failure(e: BaseException) -> str | None:
 
 
 @contextlib.contextmanager
-def _write_errors(path: str):
+def write_errors(path: str):
     """Turn "cannot write here" errors into a one-line GPT2KitError naming `path`."""
     from .errors import GPT2KitError
 
@@ -108,7 +124,7 @@ def atomic_path(path: str | os.PathLike):
     """Yield a temp path to write; on success it replaces `path`, on error it is removed."""
     path = os.fspath(path)
     tmp = f"{path}.tmp{os.getpid()}"
-    with _write_errors(path):
+    with write_errors(path):
         recover_stale(path)
         try:
             yield tmp
@@ -136,7 +152,7 @@ def atomic_dir(path: str | os.PathLike, owns: tuple[str, ...] = ()):
     if os.path.lexists(path) and not os.path.isdir(path):
         raise GPT2KitError(f"{path} exists and is not a directory; choose a directory path")
     tmp = f"{path}.tmp{os.getpid()}"
-    with _write_errors(path):
+    with write_errors(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         recover_stale(path)
         _remove(tmp)

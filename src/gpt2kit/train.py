@@ -14,7 +14,6 @@ is bit-identical to an uninterrupted one on CPU.
 from __future__ import annotations
 
 import contextlib
-import errno
 import importlib.util
 import json
 import math
@@ -32,7 +31,7 @@ import torch
 from .config import GPTConfig
 from .data import TokenData
 from .errors import GPT2KitError
-from .fileio import atomic_path, read_json, write_json_atomic
+from .fileio import atomic_path, check_writable, read_json, write_failure, write_json_atomic
 from .loading import check_device
 from .model import GPT
 from .runlog import append_line, drop_torn_tail, read_metrics, truncate_metrics
@@ -260,9 +259,9 @@ class Trainer:
                 self.loop(stop)
             return self.finish(stopped=stop.set)
         except Exception as e:
-            if not _is_disk_error(e):
+            why = write_failure(e)  # a full, read-only or forbidden disk (safetensors wraps ENOSPC in its own error)
+            if why is None:
                 raise
-            why = e.strerror if isinstance(e, OSError) else "no space left on device"
             raise GPT2KitError(f"cannot write the run to {self.cfg.out}: {why}; choose another out or free space") from None
         finally:
             self.close()
@@ -566,16 +565,6 @@ def print_samples(cfg: TrainConfig, log=print) -> None:
 # -- checks before anything is written ----------------------------------------------------------
 
 EVAL_CACHE_BYTES = 64 << 20  # the fixed eval batches are kept on the device when they fit in this
-_DISK_ERRNOS = (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM)
-
-
-def _is_disk_error(e: Exception) -> bool:
-    """A full, read-only or forbidden file system (safetensors reports a full disk as its own error type)."""
-    if isinstance(e, OSError):
-        return e.errno in _DISK_ERRNOS
-    return type(e).__name__ == "SafetensorError" and "No space left" in str(e)
-
-
 def _check_out_is_dir(out: str) -> None:
     if os.path.exists(out) and not os.path.isdir(out):
         raise GPT2KitError(f"out {out} is an existing file; the run needs a directory (a new one, or a previous run to resume)")
@@ -597,11 +586,7 @@ def _check_disk(out: str, params: int, dist_: Dist) -> None:
     state (about 16 bytes/param). Checked before anything is written."""
     if not dist_.master:
         return
-    where = os.path.abspath(out)
-    while not os.path.exists(where):
-        where = os.path.dirname(where)
-    if not os.access(where, os.W_OK):
-        raise GPT2KitError(f"out {out} is not writable ({where}: read-only file system or no permission); choose another out")
+    where = check_writable(out)
     need, free = 16 * params + (1 << 20), shutil.disk_usage(where).free
     if free < need:
         raise GPT2KitError(f"out {out} has {free / 2**20:.1f} MiB free but a checkpoint and training state need about "

@@ -6,6 +6,7 @@ import argparse
 import os
 import re
 
+from ..fileio import check_writable
 from . import types as T
 
 # Library messages name parameters (`dtype='bfloat16'`); printed by the CLI they name flags.
@@ -65,7 +66,7 @@ def check_out_file(path: str) -> None:
 
     if os.path.isdir(path):
         raise GPT2KitError(f"--out {path} is a directory; give a file path, e.g. --out {os.path.join(path, 'result.json')}")
-    _check_writable(path, os.path.dirname(os.path.abspath(path)))
+    check_writable(os.path.dirname(os.path.abspath(path)))
 
 
 def check_out_dir(path: str) -> None:
@@ -74,23 +75,4 @@ def check_out_dir(path: str) -> None:
 
     if os.path.exists(path) and not os.path.isdir(path):
         raise GPT2KitError(f"--out {path} is a file; give a directory")
-    _check_writable(path, os.path.abspath(path))
-
-
-def _check_writable(path: str, target: str) -> None:
-    from gpt2kit.errors import GPT2KitError
-
-    existing = target
-    while not os.path.exists(existing):  # the nearest ancestor that exists is where makedirs starts
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise GPT2KitError(f"cannot write --out {path}: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise GPT2KitError(f"cannot write --out {path}: {existing} is not writable (read-only file system or no permission)")
-
-
-def out_error(path: str, e: OSError):
-    """A GPT2KitError for an OSError while writing --out (disk full, read-only, ...)."""
-    from gpt2kit.errors import GPT2KitError
-
-    return GPT2KitError(f"cannot write --out {path}: {e.strerror or e}")
+    check_writable(path)

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from . import types as T
-from .common import add_model_args, check_out_file, load_model_args, out_error
+from ..fileio import write_errors
+from .common import add_model_args, check_out_file, load_model_args
 
 TASKS = ("perplexity", "lambada", "hellaswag")
 
@@ -51,8 +52,6 @@ def cmd_eval(args) -> int:
     result = {**result, "model": args.model, "data": data}
     print(json.dumps(result, indent=1))
     if args.out:
-        try:
+        with write_errors(args.out):
             E.write_result(args.out, result)
-        except OSError as e:
-            raise out_error(args.out, e) from None
     return 0

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from . import types as T
-from .common import check_out_dir, out_error
+from ..fileio import write_errors
+from .common import check_out_dir
 
 KINDS = ("bpe", "char", "word")
 
@@ -26,7 +27,6 @@ def register(sub) -> None:
 
 
 def cmd_train(args) -> int:
-    import os
 
     from gpt2kit.errors import GPT2KitError
     from gpt2kit.tokenization import build_tokenizer, train_bpe
@@ -37,16 +37,12 @@ def cmd_train(args) -> int:
     if args.kind != "bpe" and args.vocab_size is not None:
         raise GPT2KitError(f"--vocab-size is for bpe; a {args.kind} vocabulary is every {args.kind} seen --min-freq times")
     check_out_dir(args.out)
-    try:
+    with write_errors(args.out):  # a full or read-only disk while writing --out: one line
         if args.kind == "bpe":
             tok = train_bpe(args.files, args.vocab_size or 8000, args.out, min_frequency=args.min_freq or 2)
         else:
             tok = build_tokenizer(args.kind, read_text_files(args.files), min_freq=args.min_freq or 1, eot=not args.no_eot)
             tok.save(args.out)
-    except OSError as e:
-        if e.filename is not None and os.path.abspath(e.filename) in map(os.path.abspath, args.files):
-            raise  # reading an input, not writing --out: read_text_files reports those itself
-        raise out_error(args.out, e) from None
     extras = ", ".join(f"{name} {i}" for name, i in (("eot", tok.eot_token), ("unk", tok.unk_token)) if i is not None)
     print(f"{tok.kind} tokenizer, {tok.n_vocab} tokens ({extras}) -> {args.out}")
     return 0
