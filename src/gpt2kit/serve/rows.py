@@ -8,50 +8,14 @@ Its next-token logits live in the SlotPool, at its slot.
 from __future__ import annotations
 
 import codecs
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from ..streaming import StopStrings, TextStreamer
+from ..inference.request import Job, Piece, TokenLogprob  # noqa: F401  (re-exported)
+from ..streaming import TextStreamer
 from ..sampling import (SamplingParams, apply_repetition_penalty, filter_logits, greedy, inverse_cdf, make_total,
                         valid_draw)
-
-
-@dataclass
-class Job:
-    """A validated completion request in token ids."""
-
-    prompts: list[list[int]]
-    max_tokens: int
-    params: SamplingParams
-    n: int = 1
-    seed: int | None = None
-    stop: list[str] | StopStrings = field(default_factory=list)  # StopStrings: tables built once, off the engine
-    logprobs: int | None = None  # top-N alternatives per token; None = no logprobs
-    echo: bool = False
-
-    @property
-    def num_rows(self) -> int:
-        return len(self.prompts) * self.n
-
-
-@dataclass
-class TokenLogprob:
-    token: int
-    logprob: float | None  # None for the first echoed prompt token (nothing predicts it)
-    top: list[tuple[int, float]] | None
-    offset: int  # character offset of the token's text within the choice's text
-
-
-@dataclass
-class Piece:
-    """New output of one choice: text plus the tokens it came from (when logprobs are on)."""
-
-    index: int
-    text: str
-    tokens: list[TokenLogprob] | None = None
-    finish_reason: str | None = None  # "stop" | "length" when the choice ends
 
 
 def row_generator(seed: int | None, row: int, device) -> torch.Generator:

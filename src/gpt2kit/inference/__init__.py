@@ -1,0 +1,1 @@
+"""The inference engine: paged KV cache, scheduler and the one batched step every caller uses."""
