@@ -97,15 +97,13 @@ def test_overflowing_temperature_is_greedy_and_tiny_top_p_keeps_the_top_token():
 
 
 def test_serve_rows_sampler_is_total():
-    from types import SimpleNamespace
 
-    from gpt2kit.sampling import NO_FINITE_LOGIT
-    from gpt2kit.serve.rows import row_generator, sample_rows
+    from gpt2kit.sampling import NO_FINITE_LOGIT, RowSampler, row_generator, sample_rows
 
     logits = torch.tensor([[NAN, 1.0, 3.0, NAN], [NAN] * 4, [0.0, 9.0, 1.0, 2.0]])
-    rows = [SimpleNamespace(generator=row_generator(1, i, "cpu")) for i in range(3)]
     for params in (SamplingParams(), SamplingParams(temperature=0), SamplingParams(top_p=1e-300)):
-        ids = sample_rows(logits, rows, params)
+        rows = [RowSampler(params, row_generator(1, i, "cpu"), [], 4) for i in range(3)]
+        ids = sample_rows(logits, rows)
         assert ids[:2] == [2, NO_FINITE_LOGIT] and 0 <= ids[2] < 4
 
 

@@ -383,39 +383,6 @@ def test_concurrent_requests_are_batched_and_unchanged(server, local):
 
 # -- the engine's batched step against the reference ----------------------------------------------
 
-def test_slot_step_matches_transformers_for_rows_at_different_positions():
-    pytest.importorskip("transformers")
-    from conftest import hf_model, ours_from_hf
-
-    from gpt2kit.serve.slots import SlotPool
-
-    hf = hf_model(n_layer=2, n_head=4, n_embd=64, n_positions=64, vocab_size=300)
-    ours = ours_from_hf(hf)
-    pool = SlotPool(ours, 4)
-    pool.ensure(3)
-    g = torch.Generator().manual_seed(1)
-    seqs = [torch.randint(0, 300, (n,), generator=g).tolist() for n in (3, 17, 9)]
-    for s, ids in enumerate(seqs):
-        pool.prefill(s, ids)
-    for _ in range(6):  # every row advances one token per step, each at its own position
-        nxt = torch.randint(0, 300, (3,), generator=g)
-        logits = pool.step(nxt, torch.tensor([len(s) for s in seqs]))
-        for s, t in zip(seqs, nxt.tolist()):
-            s.append(t)
-        with torch.no_grad():
-            for b, s in enumerate(seqs):
-                ref = hf(torch.tensor([s])).logits[0, -1]
-                assert (logits[b, :300] - ref).abs().max().item() <= 1e-5
-                assert bool((logits[b, 300:] == float("-inf")).all())  # padding columns are never sampled
-    # moving a row into a freed slot keeps its cache: slot 2 -> slot 0, then step it alone
-    pool.copy(2, 0, len(seqs[2]))
-    t = torch.tensor([7])
-    logits = pool.step(t, torch.tensor([len(seqs[2])]))
-    with torch.no_grad():
-        ref = hf(torch.tensor([seqs[2] + [7]])).logits[0, -1]
-    assert (logits[0, :300] - ref).abs().max().item() <= 1e-5
-
-
 def _engine_texts(model, jobs, together: bool) -> list[list[str]]:
     """Each job's choice texts, from jobs submitted in one step (together) or one after another."""
     from gpt2kit.serve.engine import Engine
@@ -465,7 +432,7 @@ def test_inverse_cdf_sampler_draws_from_the_filtered_distribution():
     """sample_rows against the exact distribution (softmax of logits / T, top-k kept) on 8 tokens."""
     import numpy as np
 
-    from gpt2kit.serve.rows import row_generator, sample_rows
+    from gpt2kit.sampling import RowSampler, row_generator, sample_rows
 
     logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, 3.0, -0.5, 1.5]])
     T, k = 0.8, 5
@@ -476,8 +443,8 @@ def test_inverse_cdf_sampler_draws_from_the_filtered_distribution():
     p /= p.sum()
 
     g = row_generator(123, 0, "cpu")
-    rows = [SimpleNamespace(generator=g) for _ in range(4)]  # sampling reads only a row's generator
-    draws = [t for _ in range(5000) for t in sample_rows(logits.expand(4, 8), rows, SamplingParams(T, k))]
+    rows = [RowSampler(SamplingParams(T, k), g, [], 8) for _ in range(4)]
+    draws = [t for _ in range(5000) for t in sample_rows(logits.expand(4, 8), rows)]
     freq = np.bincount(draws, minlength=8) / len(draws)
     assert freq[p == 0].sum() == 0  # filtered tokens are never drawn
     assert np.abs(freq - p).max() < 0.01  # 20000 draws: sd of each frequency < 0.0036

@@ -138,21 +138,22 @@ def test_engine_failure_at_admission_fails_that_request_only(local):
 def test_engine_sampling_fault_fails_that_request_only(local, monkeypatch, fault):
     from gpt2kit.sampling import NO_FINITE_LOGIT
     from gpt2kit.sampling_params import NAN_LOGITS_MESSAGE
+    from gpt2kit.inference import engine as core_mod
     from gpt2kit.serve import engine as engine_mod
 
-    real = engine_mod.sample_rows
+    real = core_mod.sample_rows
 
-    def faulty(logits, rows, params):  # the poison request's rows (top_k=7) fail as a NaN model or a bug would
-        if params.top_k == 7:
+    def faulty(logits, rows):  # the poison request's rows (top_k=7) fail as a NaN model or a bug would
+        if rows[0].params.top_k == 7:
             if fault == "raise":
                 raise ValueError("boom")
             return [NO_FINITE_LOGIT] * len(rows)
-        return real(logits, rows, params)
+        return real(logits, rows)
 
     engine = engine_mod.Engine(local, TOK, max_batch=8)
     try:
         ref = _collect(engine, [j for i, j in enumerate(_jobs()) if i != 1])
-        monkeypatch.setattr(engine_mod, "sample_rows", faulty)
+        monkeypatch.setattr(core_mod, "sample_rows", faulty)
         got = _collect(engine, _jobs())
         stats = engine.stats()
     finally:

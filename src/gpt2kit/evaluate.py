@@ -17,8 +17,9 @@ hellaswag    The official hellaswag_val.jsonl ({"ctx", "endings", "label"}), as 
              acc picks the ending with the lowest summed loss, acc_norm the lowest mean loss
              per token.
 
-Sequences longer than the model's context keep their last block_size tokens (the target is
-always kept whole). Results are dicts; write_result stores one as JSON, atomically.
+Scoring runs on the inference engine (inference/engine.py), as generation and the server do:
+HellaSwag's endings share their context's KV blocks. Sequences longer than the model's context
+keep their last block_size tokens (the target is always kept whole). Results are dicts; write_result stores one as JSON, atomically.
 """
 from __future__ import annotations
 
@@ -30,11 +31,12 @@ import urllib.request
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .corpora import cache_dir
 from .errors import GPT2KitError
 from .fileio import atomic_path, write_json_atomic
+from .inference.engine import Engine
+from .inference.kv import BLOCK_LEN
 
 DATASETS = {  # task -> (published URL, file name)
     "lambada": ("https://openaipublic.blob.core.windows.net/gpt-2/data/lambada_test.jsonl", "lambada_test.jsonl"),
@@ -120,23 +122,15 @@ def load_eval_tokens(path: str, tokenizer) -> np.ndarray:
 
 # -- scoring helpers -------------------------------------------------------------------------
 
-def _device(model):
-    return model.transformer.wte.weight.device
+def _scorer(model, batch_size: int) -> Engine:
+    """The inference engine, as a scorer: rows sharing a prefix (HellaSwag's endings) reuse its KV blocks."""
+    T = model.config.block_size
+    return Engine(model, max_rows=batch_size, max_step_tokens=max(T, 1024), kv_blocks=1 + batch_size * -(-T // BLOCK_LEN))
 
 
-def _token_nll(model, rows: list[list[int]]) -> list[torch.Tensor]:
-    """Per-position NLL of each row's next token: row r gives a (len(r) - 1,) float64 tensor.
-
-    Rows are right-padded into one batch; causal attention keeps pads from touching real tokens.
-    """
-    T = max(len(r) for r in rows)
-    x = torch.zeros(len(rows), T, dtype=torch.long)
-    for i, r in enumerate(rows):
-        x[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-    x = x.to(_device(model))
-    logits, _ = model(x[:, :-1])  # (B, T-1, V)
-    nll = F.cross_entropy(logits.float().transpose(1, 2), x[:, 1:], reduction="none")  # (B, T-1)
-    return [nll[i, : len(r) - 1].double().cpu() for i, r in enumerate(rows)]
+def _token_nll(engine: Engine, rows: list[list[int]]) -> list[torch.Tensor]:
+    """Per-position NLL of each row's next token: row r (at most block_size tokens) gives a (len(r) - 1,) float64 tensor."""
+    return [-torch.tensor([e[0] for e in lps[1:]], dtype=torch.float64) for lps in engine.score(rows)]
 
 
 def _check_ids(ids, vocab_size: int, what: str):
@@ -175,6 +169,7 @@ def perplexity(model, tokens, *, stride: int | None = None, max_length: int | No
         raise GPT2KitError(f"perplexity needs at least 2 tokens, the data has {tokens.size}")
     _check_ids(tokens, model.config.vocab_size, "the data")
     windows = sliding_windows(tokens.size, max_length, stride)
+    engine = _scorer(model, batch_size)
     total, count = 0.0, 0
     bar = _bar(total=len(windows), desc="perplexity", progress=progress)
     i = 0
@@ -183,7 +178,7 @@ def perplexity(model, tokens, *, stride: int | None = None, max_length: int | No
         while len(group) < batch_size and i + len(group) < len(windows) and windows[i + len(group)][1] - windows[i + len(group)][0] == group[0][1] - group[0][0]:
             group.append(windows[i + len(group)])
         rows = [tokens[b:e].tolist() for b, e, _ in group]
-        for (b, e, s), nll in zip(group, _token_nll(model, rows)):
+        for (b, e, s), nll in zip(group, _token_nll(engine, rows)):
             scored = nll[s - b - 1 :]  # nll[j] is the loss of token b + j + 1
             total += float(scored.sum())
             count += scored.numel()
@@ -217,26 +212,20 @@ def lambada(model, tokenizer, examples: list[tuple[str, str]], *, batch_size: in
     encoded = []
     for ctx, tgt in examples:
         c, t = tokenizer.encode_ordinary(ctx), tokenizer.encode_ordinary(tgt)
-        if len(t) > T:
+        if len(t) >= T:
             raise GPT2KitError(f"a LAMBADA target of {len(t)} tokens does not fit the model's context of {T}")
         row = c + t
-        if len(row) > T + 1:
-            row, truncated = row[-(T + 1) :], truncated + 1
+        if len(row) > T:
+            row, truncated = row[-T:], truncated + 1
         encoded.append((row, len(t)))
+    engine = _scorer(model, batch_size)
     bar = _bar(total=len(encoded), desc="lambada", progress=progress)
     for i in range(0, len(encoded), batch_size):
         chunk = encoded[i : i + batch_size]
-        rows = [r for r, _ in chunk]
-        x = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
-        for j, r in enumerate(rows):
-            x[j, : len(r)] = torch.tensor(r)
-        logits, _ = model(x[:, :-1].to(_device(model)))  # (B, T-1, V)
-        for j, (r, n) in enumerate(chunk):
-            L = len(r)
-            lp = F.log_softmax(logits[j, L - 1 - n : L - 1].float(), dim=-1)  # (n, V): the rows predicting the target
-            tgt = torch.tensor(r[L - n :], device=lp.device)
-            nll_sum += -float(lp.gather(1, tgt[:, None]).double().sum())
-            n_correct += bool((lp.argmax(-1) == tgt).all())
+        for (r, n), lps in zip(chunk, engine.score([r for r, _ in chunk])):
+            target = list(zip(r[-n:], lps[-n:]))  # each target token with its (logprob, top alternatives)
+            nll_sum += -sum(lp for _, (lp, _) in target)
+            n_correct += all(tok == top[0][0] for tok, (_, top) in target)  # greedy: the argmax is the target
         bar.update(len(chunk))
         bar.set_postfix(acc=f"{n_correct / min(i + batch_size, len(encoded)):.4f}")
     bar.close()
@@ -264,21 +253,22 @@ def hellaswag_examples(rows: list[dict], path: str = "data") -> list[tuple[str, 
 def hellaswag(model, tokenizer, examples: list[tuple[str, list[str], int]], *, progress: bool = True) -> dict:
     T = model.config.block_size
     n_acc = n_norm = truncated = 0
+    engine = _scorer(model, 4)
     bar = _bar(examples, desc="hellaswag", progress=progress)
     for k, (ctx, endings, label) in enumerate(bar, 1):
         c = tokenizer.encode_ordinary(ctx)
         rows, lens = [], []
         for e in endings:
             t = tokenizer.encode_ordinary(" " + e)
-            if len(t) > T:
+            if len(t) >= T:
                 raise GPT2KitError(f"a HellaSwag ending of {len(t)} tokens does not fit the model's context of {T}")
             r = c + t
-            if len(r) > T + 1:
-                r, truncated = r[-(T + 1) :], truncated + 1
+            if len(r) > T:
+                r, truncated = r[-T:], truncated + 1
             rows.append(r)
             lens.append(len(t))
         sums, means = [], []
-        for nll, n in zip(_token_nll(model, rows), lens):
+        for nll, n in zip(_token_nll(engine, rows), lens):
             s = float(nll[-n:].sum())  # the ending's tokens only
             sums.append(s)
             means.append(s / n)

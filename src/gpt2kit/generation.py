@@ -1,13 +1,13 @@
-"""Autoregressive generation as a Python generator of token ids.
+"""Autoregressive generation as a Python generator of token ids, on the engine every caller shares.
 
 The engine knows only ids: tokenizers live one layer up (TextStreamer, generate_text).
 One prompt yields ints; a batch (or num_samples > 1) yields one list per step with an id
 for each row, or None for rows that already stopped.
 
-Batched prompts are left-padded: pad keys are masked and each row's positions start at 0
-at its first real token, so a row gives the same tokens as its prompt run alone.
-Past the context window the model re-runs the last block_size tokens (nanoGPT's crop),
-so no position >= n_ctx is ever used.
+Rows of different lengths sit at their own positions (no padding), so a row gives the same
+tokens as its prompt run alone. Row i samples with row_generator(seed, i): the first row with a
+seed gives what the server gives for that seed. Past the context window a row is predicted from
+its last block_size tokens (nanoGPT's crop), as in every caller of the engine.
 """
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from collections.abc import Iterable, Iterator, Sequence
 import torch
 
 from .errors import GPT2KitError
-from .sampling import NO_FINITE_LOGIT, SamplingParams, sample
+from .inference.engine import Engine
+from .inference.kv import BLOCK_LEN
+from .sampling import NO_FINITE_LOGIT, SamplingParams
 from .sampling_params import NAN_LOGITS_MESSAGE, check_seed
 from .streaming import TextStreamer, stream_text  # noqa: F401  (torch-free module, shared with numpy_gpt2)
 from .tokenization.base import Tokenizer
@@ -45,99 +47,56 @@ def generate(
     top_k: int | None = None,
     top_p: float | None = None,
     repetition_penalty: float = 1.0,
+    presence_penalty: float = 0.0,
+    frequency_penalty: float = 0.0,
+    logit_bias: dict[int, float] | None = None,
     seed: int | None = None,
     generator: torch.Generator | None = None,
     num_samples: int = 1,
     stop_tokens: Iterable[int] = (),
 ) -> Iterator:
-    """Yield new token ids. Rows stop at a stop token (which is yielded) or after max_new_tokens."""
-    params = SamplingParams(temperature, top_k, top_p, repetition_penalty)
-    cfg = model.config
-    batch = _check_prompts(prompt, cfg.vocab_size)
+    """Yield new token ids. Rows stop at a stop token (which is yielded) or after max_new_tokens.
+
+    generator: instead of seed, a torch.Generator the rows' seeds are drawn from.
+    """
+    params = SamplingParams(temperature, top_k, top_p, repetition_penalty, presence_penalty, frequency_penalty,
+                            tuple(sorted((logit_bias or {}).items())))
+    batch = _check_prompts(prompt, model.config.vocab_size)
     single = not isinstance(prompt[0], (list, tuple)) and num_samples == 1
     _check_positive(max_new_tokens=max_new_tokens, num_samples=num_samples)
     check_seed(seed)
-    device = model.transformer.wte.weight.device
-    if generator is None and seed is not None:
-        generator = torch.Generator(device=device).manual_seed(seed)
-    stop = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long, device=device)
-
-    rows = [p[-cfg.block_size:] for p in batch for _ in range(num_samples)]  # crop over-long prompts
-    hist, pad = _left_padded(rows, max_new_tokens, device)  # (B, L + max_new_tokens), (B,)
-    B, L = len(rows), hist.shape[1] - max_new_tokens
-    n = L  # filled length of hist
-    padded = bool(pad.any())
-    seen = _seen_mask(rows, cfg.vocab_size, device) if repetition_penalty != 1.0 else None
-    done = torch.zeros(B, dtype=torch.bool, device=device)
-    cache = model.new_cache(B, min(cfg.block_size, L + max_new_tokens))
-
+    if generator is not None and seed is None:
+        seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generator))
+    engine = _engine_for(model, batch, num_samples)
     was_training = model.training
-    model.eval()
     try:
-        logits = _prefill(model, cache, hist, n, pad, padded)
-        for _ in range(max_new_tokens):
-            nxt = sample(logits[:, -1, :], params, generator, seen)  # (B,)
-            if bool((nxt == NO_FINITE_LOGIT).any()):
-                raise GPT2KitError(NAN_LOGITS_MESSAGE)
-            if seen is not None:
-                seen[torch.arange(B, device=device), nxt] = True
-            hist[:, n] = nxt
-            n += 1
-            # a row that already stopped yields None; the step that stops it yields its stop token
-            yield int(nxt[0]) if single else [None if d else t for t, d in zip(nxt.tolist(), done.tolist())]
-            if stop.numel():
-                done |= torch.isin(nxt, stop)
-                if bool(done.all()):
-                    return
-            if n == L + max_new_tokens:
-                return
-            if cache.pos == cache.max_len:  # window full: re-run the last block_size tokens
-                logits = _prefill(model, cache, hist, n, pad, padded)
-            else:
-                positions = (cache.pos - pad)[:, None] if padded else None  # (B, 1)
-                logits, _ = model(nxt[:, None], cache=cache, positions=positions)  # (B, 1, V)
+        rows = [engine.add(p, params, max_tokens=max_new_tokens, seed=seed, stop_ids=set(stop_tokens), index=i)
+                for i, p in enumerate(r for r in batch for _ in range(num_samples))]
+        order = {id(r): i for i, r in enumerate(rows)}
+        while engine.has_work:
+            step: list[int | None] = [None] * len(rows)
+            for out in engine.step():
+                if out.token == NO_FINITE_LOGIT:
+                    raise GPT2KitError(NAN_LOGITS_MESSAGE)
+                if out.token is not None:
+                    step[order[id(out.row)]] = out.token
+            yield step[0] if single else step
     finally:
         model.train(was_training)
+
+
+def _engine_for(model, batch: list[list[int]], num_samples: int) -> Engine:
+    """An engine sized for this call: every row fits a full context (no preemption), and any window, a prompt's or
+    one slid past the context, is computed in one step, so every row yields one token per step."""
+    B = len(batch) * num_samples
+    per_row = -(-model.config.block_size // BLOCK_LEN)
+    return Engine(model, kv_blocks=1 + B * per_row, max_rows=B, max_step_tokens=B * model.config.block_size)
 
 
 def _check_positive(**counts) -> None:
     for name, v in counts.items():
         if not isinstance(v, int) or isinstance(v, bool) or v < 1:
             raise GPT2KitError(f"{name} must be a positive integer, got {v!r}")
-
-
-def _left_padded(rows: list[list[int]], max_new_tokens: int, device):
-    """The history buffer (B, L + max_new_tokens), prompts right-aligned at L, and each row's pad (B,)."""
-    B, L = len(rows), max(len(r) for r in rows)
-    hist = torch.zeros(B, L + max_new_tokens, dtype=torch.long, device=device)  # (B, L + max_new_tokens)
-    for b, r in enumerate(rows):
-        hist[b, L - len(r) : L] = torch.tensor(r, dtype=torch.long)
-    return hist, torch.tensor([L - len(r) for r in rows], device=device)  # (B,)
-
-
-def _seen_mask(rows: list[list[int]], vocab_size: int, device):
-    """(B, V) bool: the ids already in each row's context (for the repetition penalty)."""
-    seen = torch.zeros(len(rows), vocab_size, dtype=torch.bool, device=device)
-    for b, r in enumerate(rows):
-        seen[b, r] = True
-    return seen
-
-
-def _prefill(model, cache, hist, n: int, pad, padded: bool):
-    """Reset the cache and run the last min(n, cache.max_len) tokens of hist[:, :n]."""
-    W = min(n, cache.max_len)
-    window = hist[:, n - W : n]  # (B, W)
-    cache.reset()
-    positions = None
-    if padded:
-        pad_w = (pad - (n - W)).clamp(min=0)  # (B,) pads still inside the window
-        ar = torch.arange(W, device=hist.device)
-        positions = (ar[None, :] - pad_w[:, None]).clamp(min=0)  # (B, W)
-        key_mask = torch.ones(hist.size(0), cache.max_len, dtype=torch.bool, device=hist.device)
-        key_mask[:, :W] = ar[None, :] >= pad_w[:, None]
-        cache.key_mask = key_mask
-    logits, _ = model(window, cache=cache, positions=positions, last_only=True)
-    return logits  # (B, 1, V)
 
 
 def generate_text(

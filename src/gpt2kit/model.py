@@ -4,8 +4,11 @@ Module names equal the GPT-2 checkpoint keys (transformer.wte, transformer.h.N.a
 transformer.h.N.mlp.c_fc, transformer.ln_f, ...), so loading a checkpoint is a key copy
 (see weights.py). Linear layers store (out, in); HF's Conv1D stores (in, out).
 
-Inference uses a preallocated KV cache: each forward writes its keys and values into the
-cache at cache.pos and attends over the filled prefix. No tensor is concatenated per token.
+Inference passes `kv`, one step's view of the paged KV cache (inference/kv.py): the new tokens of
+every row are packed into one (1, N) sequence with their own positions, the linear layers run on
+all of them at once, and attention goes through kv.attend, which stores each token's key/value in
+its row's blocks and attends each row over its own history. Without kv, forward is the plain
+causal model used for training and as the reference the cached path is tested against.
 """
 from __future__ import annotations
 
@@ -19,31 +22,6 @@ from .config import GPTConfig
 from .errors import GPT2KitError
 
 
-class KVCache:
-    """Static key/value storage for every layer: k, v are (n_layer, B, nh, max_len, hs).
-
-    `key_mask` (B, max_len) is False at left-padding slots of a batched prompt; it is None
-    when no row is padded, which keeps SDPA on its fast unmasked path.
-    """
-
-    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, *, device=None, dtype=torch.float32):
-        if max_len > config.block_size:
-            raise GPT2KitError(f"KV cache length {max_len} exceeds the model context {config.block_size}")
-        shape = (config.n_layer, batch_size, config.n_head, max_len, config.head_size)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.key_mask: torch.Tensor | None = None
-        self.pos = 0  # number of filled positions
-
-    @property
-    def max_len(self) -> int:
-        return self.k.shape[3]
-
-    def reset(self) -> None:
-        self.pos = 0
-        self.key_mask = None
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -53,22 +31,17 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.dropout = config.dropout
 
-    def forward(self, x, mask=None, is_causal=True, cache: KVCache | None = None, layer: int = 0):
+    def forward(self, x, kv=None, layer: int = 0):
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(C, dim=2)
+        if kv is not None:  # packed rows (B == 1): the paged cache stores k, v and attends per row
+            shape = (T, self.n_head, C // self.n_head)
+            y = kv.attend(layer, q.view(shape), k.view(shape), v.view(shape))  # (T, nh, hs)
+            return self.c_proj(y.reshape(B, T, C))
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
-        if cache is not None:
-            p = cache.pos
-            cache.k[layer, :, :, p : p + T] = k
-            cache.v[layer, :, :, p : p + T] = v
-            k = cache.k[layer, :, :, : p + T]  # (B, nh, S, hs)
-            v = cache.v[layer, :, :, : p + T]  # (B, nh, S, hs)
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, is_causal=is_causal and mask is None,
-            dropout_p=self.dropout if self.training else 0.0,
-        )  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
         return self.resid_dropout(self.c_proj(y))
 
@@ -93,8 +66,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_epsilon, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, mask=None, is_causal=True, cache=None, layer=0):
-        x = x + self.attn(self.ln_1(x), mask, is_causal, cache, layer)  # pre-LN residual
+    def forward(self, x, kv=None, layer=0):
+        x = x + self.attn(self.ln_1(x), kv, layer)  # pre-LN residual
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -132,62 +105,32 @@ class GPT(nn.Module):
             n -= self.transformer.wpe.weight.numel()
         return n
 
-    def forward(self, idx, targets=None, *, cache: KVCache | None = None, positions=None, last_only: bool = False):
-        """idx (B, T) token ids -> (logits, loss).
+    def forward(self, idx, targets=None, *, kv=None, positions=None, logits_at=None):
+        """idx (B, T) token ids -> (logits, loss); logits (B, T, vocab_size).
 
-        logits are (B, T, vocab_size), or (B, 1, vocab_size) with last_only. With a cache,
-        idx continues the cached sequence at cache.pos and the cache advances by T.
-        positions (B, T) overrides the position ids (used for left-padded batches).
+        Inference: kv (inference.kv.StepKV) with idx (1, N), the new tokens of every row packed,
+        and positions (N,), each token's position in its own row; logits_at (R,) picks the packed
+        tokens whose logits are wanted (each row's last, usually), giving logits (R, vocab_size).
         """
         B, T = idx.shape
-        p = cache.pos if cache is not None else 0
-        S = p + T  # keys visible to the last query
-        if cache is not None and S > cache.max_len:
-            raise GPT2KitError(f"sequence of {S} tokens overflows the KV cache ({cache.max_len})")
         if positions is None:
-            if S > self.config.block_size:
-                raise GPT2KitError(f"sequence of {S} tokens exceeds the model context {self.config.block_size}")
-            positions = torch.arange(p, S, dtype=torch.long, device=idx.device)  # (T,)
-        mask, is_causal = self._attn_mask(cache, p, T, idx.device)
-
+            if T > self.config.block_size:
+                raise GPT2KitError(f"sequence of {T} tokens exceeds the model context {self.config.block_size}")
+            positions = torch.arange(T, dtype=torch.long, device=idx.device)  # (T,)
         x = self.transformer.wte(idx) + self.transformer.wpe(positions)  # (B, T, C)
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, mask, is_causal, cache, i)
-        if cache is not None:
-            cache.pos = S
-        x = self.transformer.ln_f(x)  # (B, T, C)
-        if last_only:
-            x = x[:, -1:, :]  # (B, 1, C)
-        logits = self.lm_head(x)  # (B, T, padded V)
+            x = block(x, kv, i)
+        if logits_at is not None:
+            x = x[0, logits_at]  # (R, C): only these tokens reach the head
+        x = self.transformer.ln_f(x)
+        logits = self.lm_head(x)  # (B, T, padded V) or (R, padded V)
         if logits.shape[-1] != self.config.vocab_size:
             logits = logits[..., : self.config.vocab_size]  # drop padding rows: never sampled
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
-
-    @staticmethod
-    def _attn_mask(cache: KVCache | None, p: int, T: int, device):
-        """(mask, is_causal) for T queries at positions p..p+T-1 over keys 0..p+T-1."""
-        key_mask = cache.key_mask if cache is not None else None
-        if key_mask is None:
-            if p == 0:
-                return None, True  # plain causal: SDPA's fast path
-            if T == 1:
-                return None, False  # one query sees every cached key
-        S = p + T
-        q_pos = torch.arange(p, S, device=device)[:, None]  # (T, 1)
-        k_pos = torch.arange(S, device=device)[None, :]  # (1, S)
-        mask = k_pos <= q_pos  # (T, S) causal, offset by p
-        if key_mask is not None:
-            # Pad keys are hidden; each query still sees itself so that no softmax row is empty.
-            mask = (mask & key_mask[:, None, None, :S]) | (k_pos == q_pos)  # (B, 1, T, S)
-        return mask, False
-
-    def new_cache(self, batch_size: int, max_len: int | None = None) -> KVCache:
-        p = self.transformer.wte.weight
-        return KVCache(self.config, batch_size, max_len or self.config.block_size, device=p.device, dtype=p.dtype)
 
     def crop_block_size(self, block_size: int) -> None:
         """Shrink the context (e.g. finetune GPT-2 at block 256) by cropping the position table."""

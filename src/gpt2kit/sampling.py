@@ -1,4 +1,10 @@
-"""Next-token choice as a pure function of logits, settings and an explicit torch.Generator.
+"""The one sampler: next-token choice as a pure function of logits, settings and explicit generators.
+
+Every caller (gpt2kit.generate, the server, chat) samples through RowSampler and sample_rows:
+each row has its own torch.Generator and draws one uniform per token (inverse CDF), so a row's
+tokens depend on its own seed only, never on which rows it was batched with. Penalties and
+logit_bias adjust each row's logits first; rows are then grouped by their filters (temperature,
+top-k, top-p) and each group is filtered and drawn as one batch.
 
 The sampler is total: a row whose distribution degenerates (NaN logits, overflow to inf, no
 mass left) takes the argmax of its finite logits instead, and a row with no finite logit at
@@ -6,8 +12,11 @@ all gets NO_FINITE_LOGIT (-1), which callers turn into an error for that row's r
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .errors import GPT2KitError
 
 from .sampling_params import SamplingParams  # its torch-free home; re-exported here
 
@@ -84,10 +93,6 @@ def greedy(logits: torch.Tensor) -> torch.Tensor:
     return make_total(ids, torch.isfinite(logits.gather(-1, ids[:, None])[:, 0]), logits)
 
 
-def drawn(probs: torch.Tensor, generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
-    return valid_draw(draw(probs, generator), probs)
-
-
 def valid_draw(j: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Drawn indices j (b,) clamped into range, and whether each is an index of positive probability
     in probs (b, N): False where a row's probabilities are NaN or all zero (inverse_cdf then gives j < 0)."""
@@ -109,23 +114,118 @@ def finite_argmax(logits: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isfinite(best), ids, NO_FINITE_LOGIT)
 
 
+def pick(logits: torch.Tensor, params: SamplingParams, u: torch.Tensor) -> torch.Tensor:
+    """One id per row of float logits (B, V) given one uniform per row u (B,) -> (B,) int64 (NO_FINITE_LOGIT where none is finite).
+
+    With top-k the draw runs over the k survivors only: the same distribution as masking the other V - k to -inf.
+    """
+    if params.greedy:
+        return greedy(logits)
+    V = logits.size(-1)
+    if params.top_k is not None and params.top_k < V:
+        vals, ids = torch.topk(logits, params.top_k, dim=-1)  # (B, k), sorted descending
+        probs = torch.softmax(filter_logits(vals, SamplingParams(params.temperature, None, params.top_p)), dim=-1)
+        j, ok = valid_draw(inverse_cdf(probs, u), probs)  # (B,) index among the k
+        return make_total(ids.gather(-1, j[:, None])[:, 0], ok, logits)
+    filtered = logits if params.temperature == 1.0 and (params.top_p or 1.0) >= 1.0 else filter_logits(logits, params)
+    probs = torch.softmax(filtered, dim=-1)  # (B, V)
+    return make_total(*valid_draw(inverse_cdf(probs, u), probs), logits)
+
+
 def sample(
     logits: torch.Tensor,
     params: SamplingParams,
     generator: torch.Generator | None = None,
     seen: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Pick one id per row from logits (B, V) -> (B,) int64; NO_FINITE_LOGIT for a row without a finite logit."""
+    """Pick one id per row from logits (B, V) -> (B,) int64, drawing the B uniforms from one generator."""
     logits = logits.float()
     if seen is not None and params.repetition_penalty != 1.0:
         logits = apply_repetition_penalty(logits, seen, params.repetition_penalty)
-    if params.greedy:
-        return greedy(logits)
-    V = logits.size(-1)
-    if params.top_k is not None and params.top_k < V:
-        # Work on the k survivors only: same distribution as masking the other V - k to -inf.
-        vals, ids = torch.topk(logits, params.top_k, dim=-1)  # (B, k), sorted descending
-        keep = filter_logits(vals, SamplingParams(params.temperature, None, params.top_p))
-        j, ok = drawn(torch.softmax(keep, dim=-1), generator)  # (B,) index among the k
-        return make_total(ids.gather(-1, j[:, None])[:, 0], ok, logits)
-    return make_total(*drawn(torch.softmax(filter_logits(logits, params), dim=-1), generator), logits)
+    u = torch.rand(logits.shape[0], generator=generator, device=logits.device)  # (B,)
+    return pick(logits, params, u)
+
+
+def row_generator(seed: int | None, row: int, device="cpu") -> torch.Generator:
+    """Row 0 uses the seed itself; row j > 0 a seed derived from (seed, j), so choice 0 of n=2 is the n=1 answer."""
+    g = torch.Generator(device=device)
+    if seed is None:
+        g.seed()
+    elif row == 0:
+        g.manual_seed(seed)
+    else:
+        g.manual_seed(int(np.random.SeedSequence(seed % 2**128, spawn_key=(row,)).generate_state(1, np.uint64)[0]))
+    return g
+
+
+class RowSampler:
+    """One row's sampling state: its settings, its generator, and the history its penalties need.
+
+    repetition_penalty (CTRL, HF) counts the prompt and the output; presence and frequency
+    penalties (OpenAI, vLLM) count the output only.
+    """
+
+    def __init__(self, params: SamplingParams, generator: torch.Generator, prompt: list[int], vocab_size: int):
+        self.params, self.generator = params, generator
+        dev = generator.device
+        self.seen = self.counts = self.bias = None
+        if params.repetition_penalty != 1.0:
+            self.seen = torch.zeros(vocab_size, dtype=torch.bool, device=dev)
+            self.seen[prompt] = True
+        if params.presence_penalty or params.frequency_penalty:
+            self.counts = torch.zeros(vocab_size, device=dev)
+        if params.logit_bias:
+            ids = [t for t, _ in params.logit_bias]
+            if max(ids) >= vocab_size:
+                raise GPT2KitError(f"logit_bias names token {max(ids)} but the vocabulary has ids 0..{vocab_size - 1}")
+            self.bias = (torch.tensor(ids, device=dev), torch.tensor([b for _, b in params.logit_bias], device=dev))
+
+    @property
+    def adjusts(self) -> bool:
+        return self.seen is not None or self.counts is not None or self.bias is not None
+
+    def adjust(self, logits: torch.Tensor) -> torch.Tensor:
+        """This row's logits (V,) after logit_bias and the penalties."""
+        if self.bias is not None:
+            logits = logits.index_add(0, self.bias[0], self.bias[1])
+        if self.seen is not None:
+            logits = apply_repetition_penalty(logits, self.seen, self.params.repetition_penalty)
+        if self.counts is not None:
+            p = self.params
+            logits = logits - p.frequency_penalty * self.counts - p.presence_penalty * (self.counts > 0).float()
+        return logits
+
+    def observe(self, token: int) -> None:
+        if self.seen is not None:
+            self.seen[token] = True
+        if self.counts is not None:
+            self.counts[token] += 1
+
+
+def sample_rows(logits: torch.Tensor, rows: list[RowSampler]) -> list[int]:
+    """Next token for each row of logits (R, V) (extra -inf columns allowed): adjusted per row, then drawn
+    in groups of equal filters with one uniform from each row's own generator."""
+    logits = logits.float()
+    if any(r.adjusts for r in rows):
+        logits = torch.stack([r.adjust(x) if r.adjusts else x for x, r in zip(logits, rows)])
+    u = torch.cat([torch.rand(1, generator=r.generator, device=logits.device) for r in rows])  # (R,)
+    groups: dict[SamplingParams, list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault(r.params.filters, []).append(i)
+    if len(groups) == 1:
+        return pick(logits, next(iter(groups)), u).tolist()
+    out = [0] * len(rows)
+    for params, idx in groups.items():
+        for i, t in zip(idx, pick(logits[idx], params, u[idx]).tolist()):
+            out[i] = t
+    return out
+
+
+def top_logprobs(logits: torch.Tensor, chosen: torch.Tensor, n: int) -> tuple[list[float], list[list[tuple[int, float]]]]:
+    """Model log-probabilities (before penalties, temperature and filters): logits (b, V), chosen (b,) -> lp, top-n."""
+    lp = torch.log_softmax(logits.float(), dim=-1)  # (b, V)
+    chosen_lp = lp.gather(1, chosen[:, None])[:, 0].tolist()
+    if n == 0:
+        return chosen_lp, [[] for _ in chosen_lp]
+    vals, ids = torch.topk(lp, n, dim=-1)  # (b, n)
+    return chosen_lp, [list(zip(i, v)) for i, v in zip(ids.tolist(), vals.tolist())]

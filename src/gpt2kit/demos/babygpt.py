@@ -62,7 +62,7 @@ def next_one_probs(model: GPT, context: int = CONTEXT) -> np.ndarray:
     """P(next = 1) for each state, in states() order: (2**context,)."""
     model.eval()
     X = torch.tensor([[int(c) for c in s] for s in states(context)])  # (8, context)
-    logits, _ = model(X, last_only=True)  # (8, 1, 2)
+    logits, _ = model(X)  # (8, context, 2)
     return torch.softmax(logits[:, -1], dim=-1)[:, 1].numpy()  # (8,)
 
 
