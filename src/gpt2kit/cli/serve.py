@@ -22,6 +22,14 @@ def register(sub) -> None:
     p.add_argument("--max-concurrency", type=T.positive_int, default=8, help="requests generating at once (default: 8)")
     p.add_argument("--max-queue", type=T.nonneg_int, default=32, help="requests waiting beyond those; more get HTTP 429 (default: 32)")
     p.add_argument("--max-batch", type=T.positive_int, default=64, help="rows (prompts x n) run in one forward pass (default: 64)")
+    p.add_argument("--kv-cache-gb", type=T.positive_float, default=None,
+                   help="memory for the paged KV cache; requests wait when it is full (default: room for --max-batch full "
+                        "contexts, at most a quarter of this machine's memory; only the blocks in use are resident)")
+    p.add_argument("--max-step-tokens", type=T.positive_int, default=512,
+                   help="tokens one engine step computes: decoding rows first, then prompt chunks, so a long prompt "
+                        "never stalls streaming rows for longer than one such step (default: 512)")
+    p.add_argument("--no-prefix-reuse", action="store_true",
+                   help="compute every prompt in full, even where cached KV blocks hold its prefix (for comparisons)")
     p.add_argument("--max-tokens-cap", type=T.positive_int, default=None, help="largest max_tokens a request may ask (default: the model's context)")
     p.add_argument("--threads", type=T.positive_int, default=None,
                    help="torch CPU threads per op (default: torch's choice; 1 suits small models on busy machines)")
@@ -51,7 +59,8 @@ def cmd_serve(args) -> int:
     cap = args.max_tokens_cap or model.config.block_size
     app = build_app(model, tok, model_id=name, api_key=args.api_key, max_concurrency=args.max_concurrency,
                     max_queue=args.max_queue, max_batch=args.max_batch, max_tokens_cap=cap, page=not args.no_page,
-                    cors_origins=tuple(args.cors_origin), read_timeout=args.read_timeout)
+                    cors_origins=tuple(args.cors_origin), read_timeout=args.read_timeout, kv_blocks=_kv_blocks(args, model),
+                    max_step_tokens=args.max_step_tokens, prefix_reuse=not args.no_prefix_reuse)
     sock = _bind(args.host, args.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
@@ -62,6 +71,24 @@ def cmd_serve(args) -> int:
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", http=http))
     server.run(sockets=[sock])
     return 0
+
+
+def _kv_blocks(args, model) -> int | None:
+    """--kv-cache-gb as a number of KV blocks (None: the engine's default)."""
+    if args.kv_cache_gb is None:
+        return None
+    from gpt2kit.inference.kv import BlockPool
+
+    from gpt2kit.errors import GPT2KitError
+    from gpt2kit.inference.kv import BLOCK_LEN
+
+    per_block = BlockPool.bytes_per_block(model.config, model.transformer.wte.weight.dtype)
+    blocks = int(args.kv_cache_gb * 2**30) // per_block
+    need = -(-model.config.block_size // BLOCK_LEN)
+    if blocks < need:
+        raise GPT2KitError(f"--kv-cache-gb {args.kv_cache_gb:g} holds {blocks * BLOCK_LEN} tokens, less than one context of "
+                           f"{model.config.block_size}; give at least {need * per_block / 2**30:.3f}")
+    return 1 + blocks
 
 
 def _bind(host: str, port: int):

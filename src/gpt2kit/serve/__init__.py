@@ -13,11 +13,14 @@ from .rows import Job, Piece
 
 def build_app(model, tokenizer, *, model_id: str, api_key: str | None = None, max_concurrency: int = 8,
               max_queue: int = 32, max_batch: int = 64, max_tokens_cap: int = 1024, page: bool = True,
-              cors_origins: tuple[str, ...] = (), read_timeout: float = 10.0):
-    """An engine (its thread starts now) and the FastAPI app around it; the app's shutdown stops the engine."""
+              cors_origins: tuple[str, ...] = (), read_timeout: float = 10.0, kv_blocks: int | None = None,
+              max_step_tokens: int = 512, prefix_reuse: bool = True):
+    """An engine (its thread starts now) and the FastAPI app around it; the app's shutdown stops the engine.
+    kv_blocks, max_step_tokens, prefix_reuse: the inference engine's KV pool, step budget and prefix cache."""
     from .api import create_app
 
-    engine = Engine(model, tokenizer, max_batch=max_batch, max_concurrency=max_concurrency, max_queue=max_queue)
+    engine = Engine(model, tokenizer, max_batch=max_batch, max_concurrency=max_concurrency, max_queue=max_queue,
+                    kv_blocks=kv_blocks, max_step_tokens=max_step_tokens, prefix_reuse=prefix_reuse)
     return create_app(engine, model_id=model_id, api_key=api_key, max_tokens_cap=max_tokens_cap, page=page,
                       cors_origins=cors_origins, read_timeout=read_timeout)
 
