@@ -11,7 +11,8 @@ PagedAttention", 2023), written for CPU torch:
   (key of the previous block, its tokens). Keys are exact (tokens are compared, not hashed), so a
   hit is always the same tokens at the same positions, hence the same keys and values. A row whose
   prompt starts with registered blocks takes them (reference counts) instead of computing them.
-  A released block that is registered stays cached, reusable, until the pool needs it (LRU).
+  A released block that is registered stays cached, reusable, until a row needs a block and no
+  released block is free (least recently released first; untouched memory is used last).
   Only full blocks are shared and a row never writes into a full block, so no copy-on-write is needed.
 - A block can carry the prompt log-probabilities computed with it (each position's log-probability
   of its own token, and the top MAX_LOGPROBS alternatives), so a scoring request reuses them too.
@@ -55,7 +56,8 @@ class BlockPool:
         self.v[:, :, 0] = 0
         self.block_len = block_len
         self.num_blocks = num_blocks
-        self._free = list(range(num_blocks - 1, 0, -1))  # a stack: low ids first, recently freed (resident) reused first
+        self._free: list[int] = []  # released blocks (resident memory), a stack
+        self._fresh = 1  # blocks >= this id were never used: their memory is not resident yet
         self._refs = [0] * num_blocks
         self._key: list[tuple | None] = [None] * num_blocks  # block -> its content key, when registered
         self._uid = [0] * num_blocks  # block -> id of its registered content (keys of later blocks refer to it)
@@ -72,16 +74,22 @@ class BlockPool:
     # -- allocation ----------------------------------------------------------------------------
     @property
     def num_free(self) -> int:
-        """Blocks that can be taken now (free or cached but unused)."""
-        return len(self._free) + len(self._evictable)
+        """Blocks that can be taken now (free, never used, or cached but unused)."""
+        return len(self._free) + (self.num_blocks - self._fresh) + len(self._evictable)
 
     def take(self) -> int | None:
-        """A zeroed block, or None when every block is held."""
+        """A zeroed block, or None when every block is held.
+
+        Memory already resident goes first (released blocks, then the least recently used cached
+        block), never-used blocks last: resident memory tracks the most tokens ever in flight,
+        and the prefix cache lives in what that leaves, not in the whole pool."""
         if self._free:
             b = self._free.pop()
         elif self._evictable:
             b, _ = self._evictable.popitem(last=False)
             self._unregister(b)
+        elif self._fresh < self.num_blocks:
+            b, self._fresh = self._fresh, self._fresh + 1
         else:
             return None
         self._refs[b] = 1
@@ -168,10 +176,10 @@ class StepKV:
             pos = torch.tensor(starts[:D], device=dev)  # (D,) each decode token's position
             nb = max(p // bl for p in starts[:D]) + 1  # blocks the longest decode row spans
             self.decode_blocks = torch.tensor([(t[: s // bl + 1] + [0] * nb)[:nb] for t, s in zip(tables, starts[:D])], device=dev)  # (D, nb)
-            first = self.decode_blocks[0, 0].item()
-            # one row over consecutive blocks reads the pool in place (a view, no gather)
-            self.decode_view = (first, nb) if D == 1 and tables[0][:nb] == list(range(first, first + nb)) else None
-            self.decode_mask = (torch.arange(nb * bl, device=dev)[None, :] <= pos[:, None])[:, None, None, :]  # (D, 1, 1, S)
+            first = tables[0][0]
+            # one row over consecutive blocks reads the pool in place (a view, no gather, no mask)
+            self.decode_view = (first, nb, starts[0] + 1) if D == 1 and tables[0][:nb] == list(range(first, first + nb)) else None
+            self.decode_mask = None if self.decode_view else (torch.arange(nb * bl, device=dev)[None, :] <= pos[:, None])[:, None, None, :]  # (D, 1, 1, S)
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q, k, v (N, nh, hs) for the packed tokens -> attention output (N, nh, hs); writes k, v into the pool."""
@@ -205,9 +213,9 @@ class StepKV:
 
     def _decode_kv(self, X: torch.Tensor) -> torch.Tensor:
         if self.decode_view is not None:
-            first, nb = self.decode_view
+            first, nb, S = self.decode_view
             nh, _, bl, hs = X.shape
-            return X[:, first : first + nb].reshape(nh, nb * bl, hs)[None]  # (1, nh, S, hs), a view
+            return X[:, first : first + nb].reshape(nh, nb * bl, hs)[None, :, :S]  # (1, nh, S, hs), a view
         return self._gather(X, self.decode_blocks)
 
     @staticmethod
