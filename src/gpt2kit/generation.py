@@ -67,7 +67,7 @@ def generate(
     check_seed(seed)
     if generator is not None and seed is None:
         seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generator))
-    engine = _engine_for(model, batch, num_samples)
+    engine = _engine_for(model, batch, num_samples, max_new_tokens)
     was_training = model.training
     try:
         rows = [engine.add(p, params, max_tokens=max_new_tokens, seed=seed, stop_ids=set(stop_tokens), index=i)
@@ -85,12 +85,13 @@ def generate(
         model.train(was_training)
 
 
-def _engine_for(model, batch: list[list[int]], num_samples: int) -> Engine:
-    """An engine sized for this call: every row fits a full context (no preemption), and any window, a prompt's or
-    one slid past the context, is computed in one step, so every row yields one token per step."""
+def _engine_for(model, batch: list[list[int]], num_samples: int, max_new_tokens: int) -> Engine:
+    """An engine sized for this call: every row fits its longest window (no preemption), and any window, a prompt's
+    or one slid past the context, is computed in one step, so every row yields one token per step."""
+    T = model.config.block_size
+    blocks = sum(-(-min(T, len(p) + max_new_tokens) // BLOCK_LEN) for p in batch) * num_samples
     B = len(batch) * num_samples
-    per_row = -(-model.config.block_size // BLOCK_LEN)
-    return Engine(model, kv_blocks=1 + B * per_row, max_rows=B, max_step_tokens=B * model.config.block_size)
+    return Engine(model, kv_blocks=1 + max(blocks, -(-T // BLOCK_LEN)), max_rows=B, max_step_tokens=B * T)
 
 
 def _check_positive(**counts) -> None:
