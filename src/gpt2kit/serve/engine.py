@@ -239,8 +239,23 @@ class Engine:
                     else:
                         row.text_len = len(text)
                     out.append(Piece(index, text, toks))
+        if job.max_tokens == 0:  # nothing to sample: the echo (with its logprobs) is the answer
+            out = self._end_at_prompt(g, out)
         if out:
             g._post(out)
+        if job.max_tokens == 0:
+            self._finish(g, cancelled=False)
+
+    def _end_at_prompt(self, g: Generation, echoed: list[Piece]) -> list[Piece]:
+        """max_tokens 0: each row's last Piece, finished with "length" (the echo's held-back bytes flushed)."""
+        by_index = {p.index: p for p in echoed}
+        out = []
+        for r in [r for r in self._rows if r.gen is g]:
+            p = by_index.get(r.index) or Piece(r.index, "", [] if g.job.logprobs is not None else None)
+            p.text += r.streamer.decoder.flush()
+            p.finish_reason = "length"
+            out.append(p)
+        return out
 
     @staticmethod
     def _prompt_logprobs(ids: list[int], logits: torch.Tensor, n: int):
