@@ -188,9 +188,9 @@ def test_logprobs_and_echo(server, local):
     assert all(lp.tokens[i] == next(iter(lp.top_logprobs[i])) for i in range(len(ids), len(ids) + 5))
 
 
-def test_models_endpoint_and_unknown_model(server):
+def test_models_endpoint_and_unknown_model(server, ckpt):
     c = client(server)
-    assert [m.id for m in c.models.list().data] == ["tiny"]
+    assert [m.id for m in c.models.list().data] == ["tiny", str(ckpt)]  # the directory's name, and the --model path
     with pytest.raises(openai.NotFoundError) as e:
         c.completions.create(model="gpt-4", prompt="x", max_tokens=1)
     assert e.value.body["code"] == "model_not_found"
@@ -240,7 +240,7 @@ BAD = [
     ({"prompt": ["ok", ""]}, "prompt"),
     ({"prompt": [0] * 1024}, "prompt"),  # prompt tokens == the context
     ({"prompt": " a" * 1100}, "prompt"),  # > the context
-    ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
+    ({"prompt": "x", "max_tokens": -1}, "max_tokens"),
     ({"prompt": "x", "max_tokens": CAP + 1}, "max_tokens"),
     ({"prompt": "x", "temperature": -0.1}, "temperature"),
     ({"prompt": "x", "temperature": 2.5}, "temperature"),
@@ -249,7 +249,7 @@ BAD = [
     ({"prompt": [1, 50257]}, "prompt"),
     ({"prompt": [[1], [-1]]}, "prompt"),
     ({"prompt": "x", "n": 0}, "n"),
-    ({"prompt": "x", "logprobs": 6}, "logprobs"),
+    ({"prompt": "x", "logprobs": 21}, "logprobs"),
     ({"prompt": "x", "stop": [str(i) for i in range(17)]}, "stop"),  # at most 16
     ({"prompt": "x", "stop": ["é" * 4097]}, "stop"),  # at most 4096 characters each
     ({"prompt": "x", "top_k": 1.5}, "top_k"),
