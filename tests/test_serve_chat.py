@@ -227,7 +227,9 @@ def test_langchain_chat_openai_invoke_and_stream(server, local):
     assert "".join(chunk.content for chunk in llm.stream(msgs)) == want
 
 
-def test_litellm_completion(server, local):
+@pytest.mark.slow  # importing litellm alone takes ~15 s here
+def test_litellm_completion(server, local, monkeypatch):
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # its import would otherwise fetch a price list online
     litellm = pytest.importorskip("litellm", reason="litellm is not installed (optional)")
     r = litellm.completion(model="openai/tiny", api_base=server.url + "/v1", api_key=KEY, messages=MSGS, max_tokens=12, temperature=0)
     assert r.choices[0].message.content == local_reply(local, MSGS, 12)

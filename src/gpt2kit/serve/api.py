@@ -139,7 +139,8 @@ def add_error_handlers(app: FastAPI, page: bool) -> None:
     async def http_error(request, e: StarletteHTTPException):
         if e.status_code == 404:
             return unknown_route(request, page)
-        return JSONResponse(error_body(str(e.detail)), status_code=e.status_code, headers=getattr(e, "headers", None))
+        code = "method_not_allowed" if e.status_code == 405 else None
+        return JSONResponse(error_body(str(e.detail), code=code), status_code=e.status_code, headers=getattr(e, "headers", None))
 
 
 def add_info_routes(app: FastAPI, engine: Engine, limits: ServerLimits) -> None:

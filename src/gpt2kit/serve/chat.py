@@ -17,7 +17,7 @@ from pydantic import Field
 from ..chat_template import ChatTemplate, ChatTemplateError
 from ..inference.request import MAX_LOGPROBS
 from .protocol import (Bool, CompletionRequest, Int, SamplingBody, ServerLimits, bad, check_rows, encode_text,
-                       max_tokens, parse_body, sampling_params, stop_strings, stream_flags)
+                       max_tokens, parse_body, sampling_params, stop_strings, stream_flags, token_text)
 from .rows import Job, Piece, TokenLogprob
 
 
@@ -65,8 +65,7 @@ def new_chat_id() -> str:
 
 
 def _entry(tokenizer, token: int, logprob: float) -> dict:
-    b = tokenizer.token_bytes(token)
-    return {"token": b.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(b)}
+    return {"token": token_text(tokenizer, token), "logprob": logprob, "bytes": list(tokenizer.token_bytes(token))}
 
 
 def chat_logprobs(tokenizer, toks: list[TokenLogprob]) -> dict:

@@ -337,6 +337,12 @@ def token_str(tokenizer, t: int) -> str:
         return "bytes:" + "".join(f"\\x{x:02x}" for x in b)
 
 
+def token_text(tokenizer, t: int) -> str:
+    """A token's text with partial UTF-8 characters as U+FFFD (chat logprobs and vLLM's token_strs; the exact bytes go
+    alongside where the format has room)."""
+    return tokenizer.token_bytes(t).decode("utf-8", "replace")
+
+
 def logprobs_body(tokenizer, toks: list[TokenLogprob]) -> dict:
     return {
         "tokens": [token_str(tokenizer, t.token) for t in toks],

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..chat_template import ChatTemplate
 from .chat import render_messages
-from .protocol import Bool, Int, ServerLimits, bad, check_ids, encode_text, parse_body
+from .protocol import Bool, Int, ServerLimits, bad, check_ids, encode_text, parse_body, token_text
 
 
 class TokenizeBody(BaseModel):
@@ -42,7 +42,7 @@ def tokenize(body, lim: ServerLimits) -> dict:
         ids = render_messages(b.messages, lim.chat_template or ChatTemplate(), lim, b.add_generation_prompt)
     out = {"count": len(ids), "max_model_len": lim.block_size, "tokens": ids}
     if b.return_token_strs:
-        out["token_strs"] = [lim.tokenizer.token_bytes(t).decode("utf-8", "replace") for t in ids]
+        out["token_strs"] = [token_text(lim.tokenizer, t) for t in ids]
     return out
 
 
