@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gpt2kit.chat_template import (DEFAULT_STOP, TEMPLATE_FILE, ChatTemplate, ChatTemplateError, assistant_token_mask,
-                                   check_messages, template_for)
+                                   check_messages, load_chat_template, template_for)
 from gpt2kit.tokenization import get_tokenizer, load_tokenizer
 
 TOK = get_tokenizer("gpt2")
@@ -83,9 +83,16 @@ def test_template_saved_with_the_tokenizer_and_checkpoint(tmp_path):
     assert (tmp_path / "tok" / TEMPLATE_FILE).read_text() == CHATML
     back = load_tokenizer(tmp_path / "tok")
     assert back.chat_template == CHATML and template_for(back).stop == ("<|im_end|>",)
-    char = get_tokenizer("gpt2")  # a re-save without a template writes none
-    char.save(tmp_path / "plain")
+    assert load_chat_template(tmp_path / "tok").source == CHATML
+    from gpt2kit import save_model
+    from gpt2kit.config import GPTConfig
+    from gpt2kit.model import GPT
+
+    save_model(GPT(GPTConfig(n_layer=1, n_head=1, n_embd=8, block_size=8)), tmp_path / "ckpt", tokenizer=back)
+    assert (tmp_path / "ckpt" / "tokenizer" / TEMPLATE_FILE).exists() and load_chat_template(tmp_path / "ckpt").source == CHATML
+    get_tokenizer("gpt2").save(tmp_path / "plain")  # a tokenizer without a template writes none
     assert not (tmp_path / "plain" / TEMPLATE_FILE).exists() and load_tokenizer(tmp_path / "plain").chat_template is None
+    assert load_chat_template(tmp_path / "plain").is_default
 
 
 def test_hf_export_carries_the_template_and_transformers_renders_it_the_same(tmp_path):

@@ -19,7 +19,7 @@ pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
-from serve_helpers import Server, byte_tokens, random_checkpoint, scripted_model  # noqa: E402
+from serve_helpers import Server, byte_tokens, one_torch_thread, random_checkpoint, scripted_model, tstr  # noqa: E402, F401
 
 from gpt2kit import generate, load_model, save_model  # noqa: E402
 from gpt2kit.sampling import SamplingParams  # noqa: E402
@@ -31,15 +31,6 @@ TOK = get_tokenizer("gpt2")
 EOT = TOK.eot_token
 SCRIPT_TEXT = "€😀é Hello world. The end"
 SCRIPT = byte_tokens(TOK, "€😀é") + TOK.encode(" Hello world. The end") + [EOT]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -71,15 +62,6 @@ def local(ckpt):
 
 def client(server, key=KEY, **kw) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0, **kw)
-
-
-def tstr(t: int) -> str:
-    """OpenAI's spelling of a token in logprobs: its text, or 'bytes:\\xNN...' when not whole UTF-8."""
-    b = TOK.token_bytes(t)
-    try:
-        return b.decode("utf-8")
-    except UnicodeDecodeError:
-        return "bytes:" + "".join(f"\\x{x:02x}" for x in b)
 
 
 def local_text(model, prompt: str, n_tokens: int, **kw) -> str:

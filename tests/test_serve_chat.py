@@ -13,7 +13,7 @@ pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
-from serve_helpers import Server, random_checkpoint  # noqa: E402
+from serve_helpers import Server, one_torch_thread, random_checkpoint  # noqa: E402, F401
 
 from gpt2kit import generate, load_model  # noqa: E402
 from gpt2kit.chat_template import DEFAULT_STOP, ChatTemplate  # noqa: E402
@@ -24,14 +24,6 @@ KEY = "k-chat"
 BLOCK = 128
 TOK = get_tokenizer("gpt2")
 MSGS = [{"role": "system", "content": "You answer briefly."}, {"role": "user", "content": "What is the capital of France?"}]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

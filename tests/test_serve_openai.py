@@ -12,7 +12,7 @@ pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
-from serve_helpers import Server, random_checkpoint  # noqa: E402
+from serve_helpers import Server, one_torch_thread, random_checkpoint, tstr  # noqa: E402, F401
 
 from gpt2kit import generate, load_model  # noqa: E402
 from gpt2kit.chat_template import ChatTemplate  # noqa: E402
@@ -25,14 +25,6 @@ TOK = get_tokenizer("gpt2")
 # The engine before issue 11's one sampler ignores presence/frequency penalties and logit_bias; the new one applies
 # them. Remove this marker once it has landed.
 NEEDS_NEW_SAMPLER = pytest.mark.xfail(reason="the serve engine's sampler does not apply penalties/logit_bias yet", strict=False)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -55,14 +47,6 @@ def local(ckpt):
 
 def client(server) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0)
-
-
-def tstr(t: int) -> str:
-    b = TOK.token_bytes(t)
-    try:
-        return b.decode("utf-8")
-    except UnicodeDecodeError:
-        return "bytes:" + "".join(f"\\x{x:02x}" for x in b)
 
 
 def log_softmax(model, ids: list[int]) -> torch.Tensor:

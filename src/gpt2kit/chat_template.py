@@ -211,6 +211,13 @@ def template_for(tokenizer) -> ChatTemplate:
     return ChatTemplate(getattr(tokenizer, "chat_template", None) or DEFAULT_TEMPLATE, eos_token=eos, bos_token=eos)
 
 
+def load_chat_template(path: str | os.PathLike) -> ChatTemplate:
+    """The chat template of a tokenizer directory, a checkpoint (its tokenizer/) or an HF folder; the default if none."""
+    from .tokenization import load_tokenizer
+
+    return template_for(load_tokenizer(path))
+
+
 def read_template(directory: str | os.PathLike) -> str | None:
     """The template stored in a tokenizer directory (chat_template.jinja), or in an HF folder's
     tokenizer_config.json "chat_template"; None when there is none."""

@@ -21,9 +21,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from ..errors import GPT2KitError
 from .engine import Busy, Cancelled, Engine, Generation, RequestFailed
 from .guard import Guard
-from .chat import ChatBody, ChatStream, chat_body, new_chat_id, parse_chat
-from .protocol import (ApiError, Collector, CompletionBody, ServerLimits, bad, body_schema, chunk_body, error_body, new_id,
-                       parse_completion, type_message, usage)
+from .chat import ChatBody, ChatStream, parse_chat
+from .protocol import (ApiError, Collector, CompletionBody, CompletionStream, ServerLimits, bad, body_schema, error_body,
+                       new_id, parse_completion, type_message, usage)
 from .tokens import DetokenizeBody, TokenizeBody, detokenize, tokenize
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
@@ -113,8 +113,7 @@ def create_app(engine: Engine, *, model_id: str, aliases: tuple[str, ...] = (), 
     app.state.engine = engine
     add_error_handlers(app, page)
     add_info_routes(app, engine, limits)
-    add_completion_routes(app, engine, limits, read_timeout)
-    add_chat_routes(app, engine, limits, read_timeout)
+    add_generation_routes(app, engine, limits, read_timeout)
     add_token_routes(app, limits, read_timeout)
     add_fallback_routes(app, page)
     if page:
@@ -234,39 +233,30 @@ def gen_usage(gen: Generation) -> dict:
     return usage(gen.prompt_tokens, gen.completion_tokens)
 
 
-def add_completion_routes(app: FastAPI, engine: Engine, limits: ServerLimits, read_timeout: float) -> None:
-    model_id, tok = limits.model_id, engine.tokenizer
+def add_generation_routes(app: FastAPI, engine: Engine, limits: ServerLimits, read_timeout: float) -> None:
+    routes = [("/v1/completions", CompletionBody, parse_completion, CompletionStream),
+              ("/v1/chat/completions", ChatBody, parse_chat, ChatStream)]
+    for path, body_model, parse, response in routes:
+        add_generation_route(app, engine, limits, read_timeout, path, body_model, parse, response)
 
-    @app.post("/v1/completions", openapi_extra=body_doc(CompletionBody))
-    async def completions(request: Request):
-        req = await parsed(request, read_timeout, parse_completion, limits)
+
+def add_generation_route(app: FastAPI, engine: Engine, limits: ServerLimits, read_timeout: float,
+                         path: str, body_model, parse, response) -> None:
+    """A route that validates with parse(body, limits) into a CompletionRequest and answers through `response`
+    (protocol.CompletionStream or chat.ChatStream): SSE chunks, or one JSON body built from the same stream."""
+
+    async def generation_route(request: Request):
+        req = await parsed(request, read_timeout, parse, limits)
         gen = start(engine, req.job)
-        cid, created = new_id(), int(time.time())
+        out = response(new_id(response.prefix), int(time.time()), limits.model_id, engine.tokenizer, req.job.num_rows)
         if req.stream:
-            usage_chunk = (lambda: {"id": cid, "object": "text_completion", "created": created, "model": model_id,
-                                    "choices": [], "usage": gen_usage(gen)}) if req.include_usage else None
-            return event_stream(sse(gen, request, lambda pieces: chunk_body(cid, created, model_id, tok, pieces),
-                                    usage_chunk=usage_chunk))
+            usage_chunk = (lambda: out.usage_chunk(gen_usage(gen))) if req.include_usage else None
+            return event_stream(sse(gen, request, out.chunk, head=out.head(), usage_chunk=usage_chunk))
         collected = Collector(req.job.num_rows, req.job.logprobs is not None)
         failed = await collect(gen, request, collected)
-        return failed or JSONResponse(collected.body(cid, model_id, tok, gen_usage(gen)))
+        return failed or JSONResponse(out.body(collected, gen_usage(gen)))
 
-
-def add_chat_routes(app: FastAPI, engine: Engine, limits: ServerLimits, read_timeout: float) -> None:
-    model_id, tok = limits.model_id, engine.tokenizer
-
-    @app.post("/v1/chat/completions", openapi_extra=body_doc(ChatBody))
-    async def chat_completions(request: Request):
-        req = await parsed(request, read_timeout, parse_chat, limits)
-        gen = start(engine, req.job)
-        cid, created = new_chat_id(), int(time.time())
-        if req.stream:
-            s = ChatStream(cid, created, model_id, tok, req.job.num_rows)
-            usage_chunk = (lambda: s.usage_chunk(gen_usage(gen))) if req.include_usage else None
-            return event_stream(sse(gen, request, s.chunk, head=s.head(), usage_chunk=usage_chunk))
-        collected = Collector(req.job.num_rows, req.job.logprobs is not None)
-        failed = await collect(gen, request, collected)
-        return failed or JSONResponse(chat_body(collected, cid, model_id, tok, gen_usage(gen)))
+    app.post(path, name=path.strip("/").replace("/", "_"), openapi_extra=body_doc(body_model))(generation_route)
 
 
 def add_token_routes(app: FastAPI, limits: ServerLimits, read_timeout: float) -> None:

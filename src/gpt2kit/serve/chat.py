@@ -9,7 +9,6 @@ still list every generated token.
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 
 from pydantic import Field
@@ -60,10 +59,6 @@ def parse_chat(body, lim: ServerLimits) -> CompletionRequest:
 
 # -- responses ---------------------------------------------------------------------------------
 
-def new_chat_id() -> str:
-    return "chatcmpl-" + uuid.uuid4().hex
-
-
 def _entry(tokenizer, token: int, logprob: float) -> dict:
     return {"token": token_text(tokenizer, token), "logprob": logprob, "bytes": list(tokenizer.token_bytes(token))}
 
@@ -89,13 +84,14 @@ class ReplyText:
 
 @dataclass
 class ChatStream:
-    """Builds the SSE chunks of one chat completion."""
+    """One chat completion response: its SSE chunks and its JSON body."""
 
     cid: str
     created: int
     model: str
     tokenizer: object
     num_choices: int
+    prefix = "chatcmpl-"  # of the response id
 
     def __post_init__(self) -> None:
         self.reply = ReplyText(self.num_choices)
@@ -122,15 +118,14 @@ class ChatStream:
     def usage_chunk(self, usage_: dict) -> dict:
         return {**self._chunk([]), "usage": usage_}
 
-
-def chat_body(collected, cid: str, model: str, tokenizer, usage_: dict) -> dict:
-    """The non-streamed response from a protocol.Collector."""
-    return {
-        "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{
-            "index": i, "message": {"role": "assistant", "content": "".join(t).lstrip()},
-            "logprobs": None if collected.tokens[i] is None else chat_logprobs(tokenizer, collected.tokens[i]),
-            "finish_reason": collected.finish[i],
-        } for i, t in enumerate(collected.text)],
-        "usage": usage_,
-    }
+    def body(self, collected, usage_: dict) -> dict:
+        """The non-streamed response from a protocol.Collector."""
+        return {
+            "id": self.cid, "object": "chat.completion", "created": int(time.time()), "model": self.model,
+            "choices": [{
+                "index": i, "message": {"role": "assistant", "content": "".join(t).lstrip()},
+                "logprobs": None if collected.tokens[i] is None else chat_logprobs(self.tokenizer, collected.tokens[i]),
+                "finish_reason": collected.finish[i],
+            } for i, t in enumerate(collected.text)],
+            "usage": usage_,
+        }

@@ -324,8 +324,8 @@ def parse_completion(body, lim: ServerLimits) -> CompletionRequest:
 
 # -- responses ---------------------------------------------------------------------------------
 
-def new_id() -> str:
-    return "cmpl-" + uuid.uuid4().hex
+def new_id(prefix: str = "cmpl-") -> str:
+    return prefix + uuid.uuid4().hex
 
 
 def token_str(tokenizer, t: int) -> str:
@@ -391,3 +391,28 @@ class Collector:
             } for i, t in enumerate(self.text)],
             "usage": usage_,
         }
+
+
+@dataclass
+class CompletionStream:
+    """One /v1/completions response: its SSE chunks and its JSON body (chat.ChatStream is the chat one)."""
+
+    cid: str
+    created: int
+    model: str
+    tokenizer: object
+    num_choices: int
+    prefix = "cmpl-"  # of the response id
+
+    def head(self) -> dict | None:
+        return None  # completions streams start with text
+
+    def chunk(self, pieces: list[Piece]) -> dict:
+        return chunk_body(self.cid, self.created, self.model, self.tokenizer, pieces)
+
+    def usage_chunk(self, usage_: dict) -> dict:
+        return {"id": self.cid, "object": "text_completion", "created": self.created, "model": self.model,
+                "choices": [], "usage": usage_}
+
+    def body(self, collected: Collector, usage_: dict) -> dict:
+        return collected.body(self.cid, self.model, self.tokenizer, usage_)
