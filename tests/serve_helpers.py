@@ -10,6 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from gpt2kit import save_model
@@ -18,6 +19,15 @@ from gpt2kit.model import GPT
 from gpt2kit.tokenization import get_tokenizer
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    """Tiny models run fastest on one thread, and the test machine's cores are shared (import it into a test module)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def random_checkpoint(directory: Path, block_size: int = 1024, seed: int = 0) -> Path:
@@ -34,6 +44,15 @@ def random_checkpoint(directory: Path, block_size: int = 1024, seed: int = 0) ->
                 p.normal_(0.0, 0.5)
     save_model(model, directory, tokenizer=get_tokenizer("gpt2"))
     return directory
+
+
+def tstr(t: int) -> str:
+    """OpenAI's spelling of a GPT-2 token in completions logprobs: its text, or 'bytes:\\xNN...' when not whole UTF-8."""
+    b = get_tokenizer("gpt2").token_bytes(t)
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{x:02x}" for x in b)
 
 
 def byte_tokens(tok, text: str) -> list[int]:

@@ -19,7 +19,7 @@ pytest.importorskip("uvicorn")
 openai = pytest.importorskip("openai")
 httpx = pytest.importorskip("httpx")
 
-from serve_helpers import Server, byte_tokens, random_checkpoint, scripted_model  # noqa: E402
+from serve_helpers import Server, byte_tokens, one_torch_thread, random_checkpoint, scripted_model, tstr  # noqa: E402, F401
 
 from gpt2kit import generate, load_model, save_model  # noqa: E402
 from gpt2kit.sampling import SamplingParams  # noqa: E402
@@ -31,15 +31,6 @@ TOK = get_tokenizer("gpt2")
 EOT = TOK.eot_token
 SCRIPT_TEXT = "€😀é Hello world. The end"
 SCRIPT = byte_tokens(TOK, "€😀é") + TOK.encode(" Hello world. The end") + [EOT]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest on one thread, and the test machine's cores are shared."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
@@ -71,15 +62,6 @@ def local(ckpt):
 
 def client(server, key=KEY, **kw) -> openai.OpenAI:
     return openai.OpenAI(base_url=server.url + "/v1", api_key=key, max_retries=0, **kw)
-
-
-def tstr(t: int) -> str:
-    """OpenAI's spelling of a token in logprobs: its text, or 'bytes:\\xNN...' when not whole UTF-8."""
-    b = TOK.token_bytes(t)
-    try:
-        return b.decode("utf-8")
-    except UnicodeDecodeError:
-        return "bytes:" + "".join(f"\\x{x:02x}" for x in b)
 
 
 def local_text(model, prompt: str, n_tokens: int, **kw) -> str:
@@ -188,9 +170,9 @@ def test_logprobs_and_echo(server, local):
     assert all(lp.tokens[i] == next(iter(lp.top_logprobs[i])) for i in range(len(ids), len(ids) + 5))
 
 
-def test_models_endpoint_and_unknown_model(server):
+def test_models_endpoint_and_unknown_model(server, ckpt):
     c = client(server)
-    assert [m.id for m in c.models.list().data] == ["tiny"]
+    assert [m.id for m in c.models.list().data] == ["tiny", str(ckpt)]  # the directory's name, and the --model path
     with pytest.raises(openai.NotFoundError) as e:
         c.completions.create(model="gpt-4", prompt="x", max_tokens=1)
     assert e.value.body["code"] == "model_not_found"
@@ -240,7 +222,7 @@ BAD = [
     ({"prompt": ["ok", ""]}, "prompt"),
     ({"prompt": [0] * 1024}, "prompt"),  # prompt tokens == the context
     ({"prompt": " a" * 1100}, "prompt"),  # > the context
-    ({"prompt": "x", "max_tokens": 0}, "max_tokens"),
+    ({"prompt": "x", "max_tokens": -1}, "max_tokens"),
     ({"prompt": "x", "max_tokens": CAP + 1}, "max_tokens"),
     ({"prompt": "x", "temperature": -0.1}, "temperature"),
     ({"prompt": "x", "temperature": 2.5}, "temperature"),
@@ -249,7 +231,7 @@ BAD = [
     ({"prompt": [1, 50257]}, "prompt"),
     ({"prompt": [[1], [-1]]}, "prompt"),
     ({"prompt": "x", "n": 0}, "n"),
-    ({"prompt": "x", "logprobs": 6}, "logprobs"),
+    ({"prompt": "x", "logprobs": 21}, "logprobs"),
     ({"prompt": "x", "stop": [str(i) for i in range(17)]}, "stop"),  # at most 16
     ({"prompt": "x", "stop": ["é" * 4097]}, "stop"),  # at most 4096 characters each
     ({"prompt": "x", "top_k": 1.5}, "top_k"),

@@ -15,7 +15,8 @@ ALLOWED = "http://ok.example"
 EVIL = "http://evil.example"
 AUTH = {"Authorization": f"Bearer {KEY}"}
 GUARDED = [("GET", "/"), ("GET", "/config"), ("GET", "/gradio_api/info"), ("GET", "/openapi.json"), ("GET", "/docs"),
-           ("GET", "/v1/models"), ("POST", "/v1/completions"), ("POST", "/gradio_api/call/complete"),
+           ("GET", "/v1/models"), ("POST", "/v1/completions"), ("POST", "/v1/chat/completions"), ("POST", "/tokenize"),
+           ("POST", "/detokenize"), ("POST", "/gradio_api/call/complete"),
            ("POST", "/gradio_api/queue/join"), ("GET", "/gradio_api/file=/etc/hostname"), ("GET", "/theme.css")]
 
 

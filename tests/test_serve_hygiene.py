@@ -77,7 +77,7 @@ def test_a_slow_body_gets_408(server):
 
 
 @pytest.mark.parametrize("method,path,status", [("GET", "/v1/completions", 405), ("PUT", "/v1/models", 405),
-                                                ("GET", "/v1/chat/completions", 404), ("GET", "/nope", 404),
+                                                ("GET", "/v1/chat/completions", 405), ("GET", "/tokenize", 405), ("GET", "/nope", 404),
                                                 ("POST", "/v1/models/x/y", 405), ("DELETE", "/v1", 404)])
 def test_unknown_routes_and_wrong_methods_are_openai_shaped(server, method, path, status):
     r = httpx.request(method, server.url + path)

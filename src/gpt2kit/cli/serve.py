@@ -8,9 +8,10 @@ from .common import add_model_args, load_model_args
 
 
 def register(sub) -> None:
-    p = sub.add_parser("serve", help="serve a model: OpenAI-style /v1/completions plus a web page at /",
-                       description="Serve a model over HTTP: POST /v1/completions (OpenAI wire format, SSE streaming), "
-                                   "GET /v1/models, GET /health, and a gradio page at /. Needs `pip install \"gpt2kit[serve]\"`.")
+    p = sub.add_parser("serve", help="serve a model: OpenAI-style /v1/chat/completions and /v1/completions plus a web page at /",
+                       description="Serve a model over HTTP: POST /v1/chat/completions and /v1/completions (OpenAI wire format, "
+                                   "SSE streaming), GET /v1/models, POST /tokenize and /detokenize (vLLM's), GET /health, "
+                                   "and a gradio page at /. Needs `pip install \"gpt2kit[serve]\"`.")
     add_model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=T.port, default=8000, help="port (default: 8000; 0 = any free port)")
@@ -18,7 +19,9 @@ def register(sub) -> None:
                    help="require this key on every route but /health: `Authorization: Bearer KEY`, or a sign-in at /login for the page (default: $GPT2KIT_API_KEY; unset = open)")
     p.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                    help="let web pages from ORIGIN (e.g. https://app.example) call the API; repeatable (default: none, cross-origin requests are refused)")
-    p.add_argument("--model-name", default=None, help="the model id clients send (default: the --model value, or the directory's name)")
+    p.add_argument("--model-name", action="append", default=[], metavar="NAME",
+                   help="a model id clients may send; repeatable, the first is the id the server reports "
+                        "(default: the directory's name, or the --model value); the --model value itself is always accepted")
     p.add_argument("--max-concurrency", type=T.positive_int, default=8, help="requests generating at once (default: 8)")
     p.add_argument("--max-queue", type=T.nonneg_int, default=32, help="requests waiting beyond those; more get HTTP 429 (default: 32)")
     p.add_argument("--max-batch", type=T.positive_int, default=64, help="rows (prompts x n) run in one forward pass (default: 64)")
@@ -55,9 +58,10 @@ def cmd_serve(args) -> int:
 
         torch.set_num_threads(args.threads)
     model, tok = load_model_args(args)
-    name = args.model_name or (os.path.basename(os.path.normpath(args.model)) if os.path.isdir(args.model) else args.model)
+    names = args.model_name or [os.path.basename(os.path.normpath(args.model)) if os.path.isdir(args.model) else args.model]
+    name, aliases = names[0], (*names[1:], args.model)
     cap = args.max_tokens_cap or model.config.block_size
-    app = build_app(model, tok, model_id=name, api_key=args.api_key, max_concurrency=args.max_concurrency,
+    app = build_app(model, tok, model_id=name, aliases=aliases, api_key=args.api_key, max_concurrency=args.max_concurrency,
                     max_queue=args.max_queue, max_batch=args.max_batch, max_tokens_cap=cap, page=not args.no_page,
                     cors_origins=tuple(args.cors_origin), read_timeout=args.read_timeout, kv_blocks=_kv_blocks(args, model),
                     max_step_tokens=args.max_step_tokens, prefix_reuse=not args.no_prefix_reuse)

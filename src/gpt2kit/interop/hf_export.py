@@ -3,8 +3,9 @@
 Writes config.json (GPTConfig.to_hf), model.safetensors (weights.to_hf_state_dict: HF key
 names, Conv1D layout, tied head stored once), and the tokenizer: GPT-2's vocab.json /
 merges.txt (OpenAI's encoder.json / vocab.bpe under HF's names) when the model uses GPT-2's
-BPE. Other tokenizers (char, ...) have no HF GPT-2 form; their gpt2kit files go to
-tokenizer/, so gpt2kit reads the folder back with the same tokenizer.
+BPE, with its chat template (if one is stored) in tokenizer_config.json. Other tokenizers
+(char, ...) have no HF GPT-2 form; their gpt2kit files go to tokenizer/, so gpt2kit reads the
+folder back with the same tokenizer.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def export_hf(model, tokenizer, out_dir: str) -> None:
         with atomic_path(os.path.join(tmp, "model.safetensors")) as f:
             save_file(sd, f, metadata={"format": "pt"})
         if tokenizer is not None and tokenizer.kind == "gpt2":
-            _write_gpt2_tokenizer(tmp, model.config.block_size)
+            _write_gpt2_tokenizer(tmp, model.config.block_size, tokenizer.chat_template)
         else:
             eot = tokenizer.eot_token if tokenizer is not None else None
             cfg["bos_token_id"] = cfg["eos_token_id"] = eot  # 50256 means nothing in another vocabulary
@@ -45,7 +46,7 @@ def export_hf(model, tokenizer, out_dir: str) -> None:
         write_json_atomic(os.path.join(tmp, "config.json"), cfg)
 
 
-def _write_gpt2_tokenizer(out_dir: str, n_ctx: int) -> None:
+def _write_gpt2_tokenizer(out_dir: str, n_ctx: int, chat_template: str | None = None) -> None:
     from ..tokenization.gpt2 import ENDOFTEXT, vocab_files
 
     enc, bpe = vocab_files()
@@ -55,4 +56,5 @@ def _write_gpt2_tokenizer(out_dir: str, n_ctx: int) -> None:
     write_json_atomic(os.path.join(out_dir, "tokenizer_config.json"), {
         "tokenizer_class": "GPT2Tokenizer", "model_max_length": n_ctx, "add_prefix_space": False,
         "bos_token": ENDOFTEXT, "eos_token": ENDOFTEXT, "unk_token": ENDOFTEXT,
+        **({"chat_template": chat_template} if chat_template is not None else {}),  # where transformers reads it
     })

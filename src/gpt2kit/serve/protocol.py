@@ -1,11 +1,14 @@
 """The OpenAI completions wire format: request validation into a Job, and response/chunk bodies.
 
-The body is declared as a pydantic model (CompletionBody); every invalid request becomes an
-ApiError carrying OpenAI's error body
-{"error": {"message", "type", "param", "code"}}; the message names the fix.
+The bodies are declared as pydantic models (SamplingBody: what completions and chat share;
+CompletionBody adds the prompt); every invalid request becomes an ApiError carrying OpenAI's
+error body {"error": {"message", "type", "param", "code"}}; the message names the fix.
+Unknown fields are ignored, as OpenAI-compatible servers do, and logged once per field name.
+The chat endpoint's body and responses live in chat.py, /tokenize and /detokenize in tokens.py.
 """
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -14,13 +17,15 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import GPT2KitError
-from ..sampling_params import (MAX_PENALTY, MIN_PENALTY, SEED_LIMIT, SamplingParams, check_repetition_penalty,
-                               check_temperature)
+from ..inference.request import MAX_LOGPROBS
+from ..sampling_params import (MAX_ADDITIVE_PENALTY, MAX_LOGIT_BIAS, MAX_LOGIT_BIAS_ENTRIES, MAX_PENALTY, MIN_PENALTY,
+                               SEED_LIMIT, SamplingParams, check_repetition_penalty, check_temperature)
 from ..streaming import MAX_STOP_STRINGS, StopStrings, check_stop_limits
 from .rows import Job, Piece, TokenLogprob
 
-MAX_LOGPROBS = 5  # OpenAI's limit for the legacy completions endpoint
-DEFAULT_MAX_TOKENS = 16  # OpenAI's default
+DEFAULT_MAX_TOKENS = 16  # OpenAI's default for completions
+log = logging.getLogger("gpt2kit.serve")
+_warned_fields: set[str] = set()
 
 
 class ApiError(Exception):
@@ -44,12 +49,18 @@ def bad(message: str, param: str | None = None) -> ApiError:
 
 @dataclass
 class ServerLimits:
-    model_id: str
+    model_id: str  # the primary name, reported in responses
     tokenizer: object
     block_size: int
     vocab_size: int
     max_tokens_cap: int
     max_rows: int
+    aliases: tuple[str, ...] = ()  # other names a request may give (the --model path, more --model-name values)
+    chat_template: object = None  # chat_template.ChatTemplate; None = the plain default
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys((self.model_id, *self.aliases)))
 
 
 @dataclass
@@ -59,7 +70,7 @@ class CompletionRequest:
     include_usage: bool
 
 
-# -- the request body -------------------------------------------------------------------------
+# -- the request bodies -----------------------------------------------------------------------
 
 Int = Annotated[int, Field(strict=True)]
 Num = Annotated[float, Field(strict=True, allow_inf_nan=False)]
@@ -70,40 +81,45 @@ class StreamOptions(BaseModel):
     include_usage: Bool = False
 
 
-class CompletionBody(BaseModel):
-    """A /v1/completions body: OpenAI's legacy completions fields, plus top_k and repetition_penalty.
+class SamplingBody(BaseModel):
+    """What /v1/completions and /v1/chat/completions share: OpenAI's sampling fields, plus top_k and repetition_penalty.
 
     Types and static ranges are declared here; limits that depend on the served model (context,
-    vocabulary, max_tokens cap, rows) and the library's own sampling checks run in parse_completion.
-    Unknown fields are ignored, as OpenAI clients send some (user, ...) that change nothing here.
+    vocabulary, max_tokens cap, rows) and the library's own sampling checks run in the parsers.
     """
 
     model_config = ConfigDict(extra="ignore")
 
     model: str | None = None
-    prompt: str | list[str] | list[Int] | list[list[Int]] | None = None
-    max_tokens: Int | None = Field(None, ge=1)
+    max_tokens: Int | None = Field(None, ge=0)
+    max_completion_tokens: Int | None = Field(None, ge=0, description="OpenAI's newer name for max_tokens")
     temperature: Num | None = Field(None, ge=0, le=2)
     top_p: Num | None = Field(None, gt=0, le=1)
     top_k: Int | None = Field(None, ge=-1, description="0, -1 or null = no limit")
     repetition_penalty: Num | None = Field(None, description="CTRL's penalty on seen tokens; 1 = off")
+    presence_penalty: Num | None = Field(None, ge=-MAX_ADDITIVE_PENALTY, le=MAX_ADDITIVE_PENALTY)
+    frequency_penalty: Num | None = Field(None, ge=-MAX_ADDITIVE_PENALTY, le=MAX_ADDITIVE_PENALTY)
+    logit_bias: dict[str, Num] | None = Field(None, description="token id (as a string) -> bias in [-100, 100]")
     n: Int | None = Field(None, ge=1)
-    best_of: Int | None = None
     seed: Int | None = Field(None, ge=0, lt=SEED_LIMIT)
-    logprobs: Int | None = Field(None, ge=0, le=MAX_LOGPROBS)
-    echo: Bool | None = None
     stream: Bool | None = None
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
+
+
+class CompletionBody(SamplingBody):
+    """A /v1/completions body: OpenAI's legacy completions fields."""
+
+    prompt: str | list[str] | list[Int] | list[list[Int]] | None = None
+    best_of: Int | None = None
+    logprobs: Int | None = Field(None, ge=0, le=MAX_LOGPROBS)
+    echo: Bool | None = None
     suffix: str | None = None
-    presence_penalty: Num | None = None
-    frequency_penalty: Num | None = None
-    logit_bias: dict | None = None
 
 
-def body_schema() -> dict:
-    """CompletionBody's JSON schema with its definitions inlined, for the OpenAPI document."""
-    schema = CompletionBody.model_json_schema()
+def body_schema(model: type[BaseModel] = CompletionBody) -> dict:
+    """A body's JSON schema with its definitions inlined, for the OpenAPI document."""
+    schema = model.model_json_schema()
     defs = schema.pop("$defs", {})
 
     def inline(x):
@@ -115,42 +131,73 @@ def body_schema() -> dict:
     return inline(schema)
 
 
-def _type_message(name: str, v, lim: ServerLimits) -> str:
-    """The message for a field of the wrong type or out of its range (the same words as before pydantic)."""
-    unsupported = f"{name} is not supported; use repetition_penalty (> 0, 1 = off) instead"
+def type_message(name: str, v, lim: ServerLimits) -> str:
+    """The message for a field of the wrong type or out of its range."""
+    pen = f"{name} must be a number in [-{MAX_ADDITIVE_PENALTY:g}, {MAX_ADDITIVE_PENALTY:g}] (0 = off), got {v!r}"
     return {
-        "model": f"the model {v!r} does not exist; this server serves {lim.model_id!r}",
+        "model": f"the model {v!r} does not exist; this server serves {', '.join(map(repr, lim.model_names))}",
         "prompt": "prompt must be a string, a list of strings, a list of token ids or a list of such lists (not a mix)",
-        "max_tokens": f"max_tokens must be an integer in [1, {lim.max_tokens_cap}] (the server's cap), got {v!r}",
+        "max_tokens": f"max_tokens must be an integer in [0, {lim.max_tokens_cap}] (the server's cap), got {v!r}",
+        "max_completion_tokens": f"max_completion_tokens must be an integer in [0, {lim.max_tokens_cap}] (the server's cap), got {v!r}",
         "n": f"n must be an integer in [1, {lim.max_rows}] (the server batches at most {lim.max_rows} rows), got {v!r}",
         "temperature": f"temperature must be a number in [0, 2], got {v!r}",
         "top_p": f"top_p must be a number in (0, 1], got {v!r}",
         "top_k": f"top_k must be a positive integer (0, -1 or null = no limit), got {v!r}",
         "repetition_penalty": f"repetition_penalty must be a number in [{MIN_PENALTY:g}, {MAX_PENALTY:g}] (1 = off), got {v!r}",
+        "presence_penalty": pen,
+        "frequency_penalty": pen,
+        "logit_bias": f"logit_bias must map token ids (as strings) to numbers in [-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}], "
+                      f'e.g. {{"50256": -100}}; got {v!r:.80}',
         "best_of": "best_of is not supported (only best_of == n)",
         "seed": f"seed must be an integer in [0, 2**64), got {v!r}",
         "logprobs": f"logprobs must be an integer in [0, {MAX_LOGPROBS}], got {v!r}",
+        "top_logprobs": f"top_logprobs must be an integer in [0, {MAX_LOGPROBS}], got {v!r}",
         "echo": f"echo must be true or false, got {v!r}",
         "stream": f"stream must be true or false, got {v!r}",
         "stream_options": "stream_options must be an object like {\"include_usage\": true}",
         "stop": f"stop must be a non-empty string or a list of at most {MAX_STOP_STRINGS} non-empty strings",
         "suffix": "suffix is not supported by GPT-2 (it has no fill-in-the-middle training)",
-        "presence_penalty": unsupported,
-        "frequency_penalty": unsupported,
-        "logit_bias": "logit_bias is not supported",
-    }[name]
+        "messages": "messages must be a list of {\"role\": ..., \"content\": ...} objects",
+        "tokens": f"tokens must be a list of token ids in [0, {lim.vocab_size - 1}]",
+    }.get(name, f"{name} has the wrong type: {v!r:.80}")
 
 
-def _parse_body(body, lim: ServerLimits) -> CompletionBody:
+def parse_body(body, model: type[BaseModel], lim: ServerLimits):
+    """Validate a decoded JSON body against `model`; the first bad field becomes a 400 naming it (404 for model)."""
     if not isinstance(body, dict):
         raise bad("the request body must be a JSON object")
+    _log_unknown(body, model)
     try:
-        return CompletionBody.model_validate(body)
+        b = model.model_validate(body)
     except ValidationError as e:
         name = str(e.errors()[0]["loc"][0])
         if name == "model":
-            raise ApiError(404, _type_message(name, body.get(name), lim), name, code="model_not_found") from None
-        raise bad(_type_message(name, body.get(name), lim), name) from None
+            raise ApiError(404, type_message(name, body.get(name), lim), name, code="model_not_found") from None
+        raise bad(type_message(name, body.get(name), lim), name) from None
+    if b.model is not None and b.model not in lim.model_names:
+        raise ApiError(404, type_message("model", b.model, lim), "model", code="model_not_found")
+    return b
+
+
+def _log_unknown(body: dict, model: type[BaseModel]) -> None:
+    """Ignored fields are logged, once per field name for the server's life (clients repeat them on every request)."""
+    for name in body.keys() - model.model_fields.keys() - _warned_fields:
+        if len(_warned_fields) < 1000:  # a client inventing names cannot grow the set without bound
+            _warned_fields.add(name)
+            log.warning("ignoring the unknown request field %r (logged once)", name[:100])
+
+
+def encode_text(text: str, lim: ServerLimits, param: str) -> list[int]:
+    try:
+        return lim.tokenizer.encode(text, allowed_special="all")  # '<|endoftext|>' separates documents, as at OpenAI
+    except GPT2KitError as e:
+        raise bad(str(e), param) from None
+
+
+def check_ids(ids: list[int], lim: ServerLimits, param: str) -> None:
+    for t in ids:
+        if not 0 <= t < lim.vocab_size:
+            raise bad(f"{param} token {t!r} is not a token id in [0, {lim.vocab_size - 1}]", param)
 
 
 def _prompts(prompt, lim: ServerLimits) -> list[list[int]]:
@@ -165,77 +212,120 @@ def _prompts(prompt, lim: ServerLimits) -> list[list[int]]:
         if isinstance(item, str):
             if not item:
                 raise bad("prompt is empty; give some text", "prompt")
-            try:
-                ids = lim.tokenizer.encode(item, allowed_special="all")  # '<|endoftext|>' separates documents, as at OpenAI
-            except GPT2KitError as e:
-                raise bad(str(e), "prompt") from None
+            ids = encode_text(item, lim, "prompt")
         else:
             ids = item
             if not ids:
                 raise bad("prompt holds an empty token list; give at least one token id", "prompt")
-            for t in ids:
-                if not 0 <= t < lim.vocab_size:
-                    raise bad(f"prompt token {t!r} is not a token id in [0, {lim.vocab_size - 1}]", "prompt")
-        if len(ids) >= lim.block_size:
-            raise bad(f"the prompt has {len(ids)} tokens but this model's context is {lim.block_size}; "
-                      f"shorten it to at most {lim.block_size - 1} tokens so there is room to generate", "prompt")
+            check_ids(ids, lim, "prompt")
         out.append(list(ids))
     return out
 
 
-def _stop(v, lim: ServerLimits) -> StopStrings:
-    """The stop strings with their matching tables, built here (a worker thread), not in the engine."""
+def stop_strings(v, lim: ServerLimits, extra: tuple[str, ...] = ()) -> StopStrings:
+    """The request's stop strings (at most MAX_STOP_STRINGS) plus `extra` (a chat template's), with their
+    matching tables, built here (a worker thread), not in the engine."""
     stops = [] if v is None else [v] if isinstance(v, str) else v
     if not all(stops):
-        raise bad(_type_message("stop", v, lim), "stop")
+        raise bad(type_message("stop", v, lim), "stop")
     try:
         check_stop_limits(stops)
     except GPT2KitError as e:
         raise bad(str(e), "stop") from None
-    return StopStrings(stops)
+    return StopStrings([*stops, *(s for s in extra if s not in stops)])
 
 
-def parse_completion(body, lim: ServerLimits) -> CompletionRequest:
-    """Validate a /v1/completions body (already JSON-decoded); tokenizes, so run it off the event loop."""
-    b = _parse_body(body, lim)
-    if b.model is not None and b.model != lim.model_id:
-        raise ApiError(404, _type_message("model", b.model, lim), "model", code="model_not_found")
-    if b.suffix:
-        raise bad(_type_message("suffix", b.suffix, lim), "suffix")
-    for name in ("presence_penalty", "frequency_penalty", "logit_bias"):
-        if getattr(b, name):  # 0 and {} are OpenAI's defaults: accepted
-            raise bad(_type_message(name, getattr(b, name), lim), name)
-    n = 1 if b.n is None else b.n
-    max_tokens = DEFAULT_MAX_TOKENS if b.max_tokens is None else b.max_tokens
-    for name, v, hi in (("n", n, lim.max_rows), ("max_tokens", max_tokens, lim.max_tokens_cap)):
-        if v > hi:
-            raise bad(_type_message(name, v, lim), name)
-    if b.best_of is not None and b.best_of != n:
-        raise bad(_type_message("best_of", b.best_of, lim), "best_of")
+def _logit_bias(v: dict | None, lim: ServerLimits) -> tuple[tuple[int, float], ...]:
+    if not v:
+        return ()
+    if len(v) > MAX_LOGIT_BIAS_ENTRIES:
+        raise bad(f"logit_bias has {len(v)} entries; at most {MAX_LOGIT_BIAS_ENTRIES} are allowed", "logit_bias")
+    out = []
+    for key, bias in v.items():
+        if not key.isascii() or not key.isdigit() or int(key) >= lim.vocab_size:
+            raise bad(f"logit_bias key {key!r:.40} is not a token id in [0, {lim.vocab_size - 1}]; keys are token ids as strings", "logit_bias")
+        if not -MAX_LOGIT_BIAS <= bias <= MAX_LOGIT_BIAS:
+            raise bad(f"logit_bias[{key!r}] is {bias!r}; biases must be in [-{MAX_LOGIT_BIAS:g}, {MAX_LOGIT_BIAS:g}]", "logit_bias")
+        out.append((int(key), float(bias)))
+    return tuple(out)
+
+
+def sampling_params(b: SamplingBody, lim: ServerLimits) -> SamplingParams:
+    """The body's sampling settings, checked by the library's own rules (named for the field)."""
     temperature = 1.0 if b.temperature is None else b.temperature
-    top_p = 1.0 if b.top_p is None else b.top_p
     rp = 1.0 if b.repetition_penalty is None else b.repetition_penalty
     for name, check, v in [("temperature", check_temperature, temperature), ("repetition_penalty", check_repetition_penalty, rp)]:
         try:
             check(v)  # the library's own limits (numerically degenerate values), named for the field
         except GPT2KitError as e:
             raise bad(str(e), name) from None
+    return SamplingParams(temperature, b.top_k if b.top_k and b.top_k > 0 else None, 1.0 if b.top_p is None else b.top_p, rp,
+                          presence_penalty=b.presence_penalty or 0.0, frequency_penalty=b.frequency_penalty or 0.0,
+                          logit_bias=_logit_bias(b.logit_bias, lim))
+
+
+def max_tokens(b: SamplingBody, prompts: list[list[int]], lim: ServerLimits, default: int | None) -> int:
+    """max_completion_tokens (or max_tokens), checked against the cap and the context: a request never
+    asks for tokens past the context window. default None: the rest of the context (within the cap)."""
+    name, asked = (("max_completion_tokens", b.max_completion_tokens) if b.max_completion_tokens is not None
+                   else ("max_tokens", b.max_tokens))  # the newer name wins, as at vLLM
+    longest = max(len(p) for p in prompts)
+    room = lim.block_size - longest
+    if room < 0 or (room == 0 and asked != 0):
+        raise bad(f"the prompt has {longest} tokens but this model's context is {lim.block_size}; "
+                  f"shorten it to at most {lim.block_size - 1} tokens so there is room to generate", _prompt_param(b))
+    if asked is None:
+        return min(room, lim.max_tokens_cap, lim.block_size if default is None else default)
+    if asked > lim.max_tokens_cap:
+        raise bad(type_message(name, asked, lim), name)
+    if asked > room:
+        raise bad(f"this model's context is {lim.block_size} tokens, but the prompt has {longest} and {name} asks for "
+                  f"{asked} more ({longest + asked}); lower {name} to at most {room} or shorten the prompt", name)
+    return asked
+
+
+def _prompt_param(b: SamplingBody) -> str:
+    return "messages" if hasattr(b, "messages") else "prompt"
+
+
+def check_rows(b: SamplingBody, num_prompts: int, lim: ServerLimits) -> int:
+    n = 1 if b.n is None else b.n
+    if n > lim.max_rows:
+        raise bad(type_message("n", n, lim), "n")
+    if num_prompts * n > lim.max_rows:
+        raise bad(f"{num_prompts} prompts x n={n} is {num_prompts * n} rows but the server batches at most {lim.max_rows}", "n")
+    return n
+
+
+def stream_flags(b: SamplingBody) -> tuple[bool, bool]:
+    """(stream, include_usage)."""
     stream = bool(b.stream)
     if b.stream_options is not None and not stream:
         raise bad("stream_options is only allowed with stream: true", "stream_options")
+    return stream, bool(b.stream_options and b.stream_options.include_usage)
+
+
+def parse_completion(body, lim: ServerLimits) -> CompletionRequest:
+    """Validate a /v1/completions body (already JSON-decoded); tokenizes, so run it off the event loop."""
+    b = parse_body(body, CompletionBody, lim)
+    if b.suffix:
+        raise bad(type_message("suffix", b.suffix, lim), "suffix")
+    n = 1 if b.n is None else b.n
+    if b.best_of is not None and b.best_of != n:
+        raise bad(type_message("best_of", b.best_of, lim), "best_of")
+    params = sampling_params(b, lim)
+    stream, include_usage = stream_flags(b)
     prompts = _prompts(b.prompt, lim)
-    if len(prompts) * n > lim.max_rows:
-        raise bad(f"{len(prompts)} prompts x n={n} is {len(prompts) * n} rows but the server batches at most {lim.max_rows}", "n")
-    params = SamplingParams(temperature, b.top_k if b.top_k and b.top_k > 0 else None, top_p, rp)
-    job = Job(prompts=prompts, max_tokens=max_tokens, params=params, n=n, seed=b.seed, stop=_stop(b.stop, lim),
-              logprobs=b.logprobs, echo=bool(b.echo))
-    return CompletionRequest(job, stream, bool(b.stream_options and b.stream_options.include_usage))
+    n = check_rows(b, len(prompts), lim)
+    job = Job(prompts=prompts, max_tokens=max_tokens(b, prompts, lim, DEFAULT_MAX_TOKENS), params=params, n=n,
+              seed=b.seed, stop=stop_strings(b.stop, lim), logprobs=b.logprobs, echo=bool(b.echo))
+    return CompletionRequest(job, stream, include_usage)
 
 
 # -- responses ---------------------------------------------------------------------------------
 
-def new_id() -> str:
-    return "cmpl-" + uuid.uuid4().hex
+def new_id(prefix: str = "cmpl-") -> str:
+    return prefix + uuid.uuid4().hex
 
 
 def token_str(tokenizer, t: int) -> str:
@@ -245,6 +335,12 @@ def token_str(tokenizer, t: int) -> str:
         return b.decode("utf-8")
     except UnicodeDecodeError:
         return "bytes:" + "".join(f"\\x{x:02x}" for x in b)
+
+
+def token_text(tokenizer, t: int) -> str:
+    """A token's text with partial UTF-8 characters as U+FFFD (chat logprobs and vLLM's token_strs; the exact bytes go
+    alongside where the format has room)."""
+    return tokenizer.token_bytes(t).decode("utf-8", "replace")
 
 
 def logprobs_body(tokenizer, toks: list[TokenLogprob]) -> dict:
@@ -295,3 +391,28 @@ class Collector:
             } for i, t in enumerate(self.text)],
             "usage": usage_,
         }
+
+
+@dataclass
+class CompletionStream:
+    """One /v1/completions response: its SSE chunks and its JSON body (chat.ChatStream is the chat one)."""
+
+    cid: str
+    created: int
+    model: str
+    tokenizer: object
+    num_choices: int
+    prefix = "cmpl-"  # of the response id
+
+    def head(self) -> dict | None:
+        return None  # completions streams start with text
+
+    def chunk(self, pieces: list[Piece]) -> dict:
+        return chunk_body(self.cid, self.created, self.model, self.tokenizer, pieces)
+
+    def usage_chunk(self, usage_: dict) -> dict:
+        return {"id": self.cid, "object": "text_completion", "created": self.created, "model": self.model,
+                "choices": [], "usage": usage_}
+
+    def body(self, collected: Collector, usage_: dict) -> dict:
+        return collected.body(self.cid, self.model, self.tokenizer, usage_)

@@ -81,7 +81,7 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
         if os.path.exists(os.path.join(sub, SPEC_FILE)):
             directory = sub
         elif _is_hf_gpt2_dir(directory):
-            return GPT2Tokenizer()  # an HF GPT-2 directory with GPT-2's own vocabulary
+            return _with_template(GPT2Tokenizer(), directory)  # an HF GPT-2 directory with GPT-2's own vocabulary
         else:
             raise GPT2KitError(f"no tokenizer in {directory}: expected {SPEC_FILE} or tokenizer/{SPEC_FILE}")
     path = os.path.join(directory, SPEC_FILE)
@@ -92,7 +92,15 @@ def load_tokenizer(directory: str | os.PathLike) -> Tokenizer:
     if not isinstance(kind, str) or kind not in LOADERS:
         raise GPT2KitError(f"{path} names tokenizer kind {kind!r:.60}; this gpt2kit knows {sorted(LOADERS)}")
     _check_spec(kind, spec, path)
-    return LOADERS[kind](spec, directory)
+    return _with_template(LOADERS[kind](spec, directory), directory)
+
+
+def _with_template(tok: Tokenizer, directory: str) -> Tokenizer:
+    """The chat template saved beside the tokenizer's files, if any (see chat_template.py)."""
+    from ..chat_template import read_template
+
+    tok.chat_template = read_template(directory)
+    return tok
 
 
 def _check_spec(kind: str, spec: dict, path: str) -> None:

@@ -29,6 +29,8 @@ class Tokenizer(ABC):
     unk_token: int | None = None
     # How split() cuts a text, for explain()'s readers; {n} is the number of pieces.
     split_doc: str = "each character is one piece ({n} pieces)"
+    # Jinja chat template stored with the tokenizer (chat_template.jinja); None = gpt2kit's plain default.
+    chat_template: str | None = None
 
     # -- required ---------------------------------------------------------------
     @property
@@ -112,6 +114,10 @@ class Tokenizer(ABC):
     def save(self, directory: str | os.PathLike) -> None:
         os.makedirs(directory, exist_ok=True)
         self.save_files(directory)
+        if self.chat_template is not None:
+            from ..chat_template import write_template
+
+            write_template(directory, self.chat_template)
         write_json_atomic(os.path.join(directory, SPEC_FILE), {"kind": self.kind, **self.spec()})
 
     def save_files(self, directory: str | os.PathLike) -> None:
