@@ -116,6 +116,7 @@ class Target:
     label: str = ""
     serve_args: list[str] | None = None
     pid: int | None = None
+    seeded: bool = True  # send `seed` (vLLM's CPU build 0.32 crashes on a seeded request whose prefill is chunked)
     notes: list[str] = field(default_factory=list)
 
 
@@ -134,6 +135,8 @@ class TargetAction(argparse.Action):
             targets[-1].label = value
         elif self.dest == "serve_args":
             targets[-1].serve_args = shlex.split(value)
+        elif self.dest == "no_seed":
+            targets[-1].seeded = False
         else:
             targets[-1].pid = value
 
@@ -221,11 +224,13 @@ class Stream:
     sent: float
     arrivals: list[float] = field(default_factory=list)  # times of chunks carrying a choice
     tokens: int = 0  # completion tokens, from usage
-    ok: bool = False
+    ok: bool = False  # [DONE] came and no error chunk before it
+    error: bool = False
 
 
 class Client:
-    def __init__(self, base_url: str, connections: int = 128):
+    def __init__(self, t: Target, base_url: str, connections: int = 128):
+        self.seeded = t.seeded
         limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
         self.http = httpx.AsyncClient(base_url=base_url, limits=limits, timeout=httpx.Timeout(900))
         self.model: str | None = None
@@ -239,13 +244,18 @@ class Client:
     async def __aexit__(self, *exc):
         await self.http.aclose()
 
-    async def complete(self, **body) -> tuple[int, dict]:
-        r = await self.http.post("/v1/completions", json={"model": self.model, **body})
+    def body(self, **fields) -> dict:
+        if not self.seeded:
+            fields.pop("seed", None)
+        return {"model": self.model, **fields}
+
+    async def complete(self, **fields) -> tuple[int, dict]:
+        r = await self.http.post("/v1/completions", json=self.body(**fields))
         return r.status_code, r.json()
 
     async def stream(self, prompt: list[int], max_tokens: int, seed: int, on_chunk=None) -> Stream:
-        body = {"model": self.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 1.0, "seed": seed,
-                "stream": True, "stream_options": {"include_usage": True}}
+        body = self.body(prompt=prompt, max_tokens=max_tokens, temperature=1.0, seed=seed, stream=True,
+                         stream_options={"include_usage": True})
         s = Stream(time.perf_counter())
         async with self.http.stream("POST", "/v1/completions", json=body) as r:
             if r.status_code != 200:
@@ -255,9 +265,11 @@ class Client:
                 if not line.startswith("data: "):
                     continue
                 if line == "data: [DONE]":
-                    s.ok = True
+                    s.ok = not s.error
                     break
                 chunk = json.loads(line[6:])
+                if "error" in chunk:
+                    s.error = True  # a failure sent in the stream (vLLM sends [DONE] after it)
                 if chunk.get("choices"):
                     s.arrivals.append(time.perf_counter())
                     if on_chunk:
@@ -298,7 +310,7 @@ QUICK = Sizes(rss_clients=8, rss_tokens=16, itl_clients=4, itl_tokens=48, itl_lo
 async def run_rss(t: Target, url: str, pid: int | None, z: Sizes) -> dict:
     rng = random.Random(1)
     idle = rss_mb(pid) if pid else None
-    async with Client(url, z.rss_clients + 8) as c:
+    async with Client(t, url, z.rss_clients + 8) as c:
         sampler = RssSampler(pid) if pid else None
         with sampler or _nothing():
             t0 = time.perf_counter()
@@ -331,7 +343,7 @@ async def run_itl(t: Target, url: str, pid: int | None, z: Sizes) -> dict:
                 ready.set()
         return on_chunk
 
-    async with Client(url, z.itl_clients + 8) as c:
+    async with Client(t, url, z.itl_clients + 8) as c:
         await settle(c)
         clients = [asyncio.create_task(c.stream(random_ids(rng, z.itl_prompt), z.itl_tokens, i, counter(i)))
                    for i in range(z.itl_clients)]
@@ -386,7 +398,7 @@ async def timed_groups(c: Client, groups, **body) -> tuple[float, int, int, int]
 
 async def run_prefix(t: Target, url: str, pid: int | None, z: Sizes) -> dict:
     groups = contexts(z)
-    async with Client(url) as c:
+    async with Client(t, url) as c:
         await settle(c)
         mt = await score_max_tokens(t, c)
         sw, sok, spt, _ = await timed_groups(c, groups, max_tokens=mt, echo=True, logprobs=1, temperature=0)
@@ -398,7 +410,7 @@ async def run_prefix(t: Target, url: str, pid: int | None, z: Sizes) -> dict:
 async def run_throughput(t: Target, url: str, pid: int | None, z: Sizes) -> dict:
     rng = random.Random(4)
     out = {}
-    async with Client(url, max(z.batches) + 8) as c:
+    async with Client(t, url, max(z.batches) + 8) as c:
         await settle(c)
         for b in z.batches:
             prompts = [random_ids(rng, z.batch_prompt) for _ in range(b)]
@@ -452,6 +464,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.add_argument("--label", action=TargetAction, help="the previous target's column name")
     ap.add_argument("--serve-args", action=TargetAction, metavar="ARGS", help="extra `gpt2kit serve` flags, one string")
     ap.add_argument("--server-pid", action=TargetAction, type=int, metavar="PID", help="the previous --base-url server's pid (for rss)")
+    ap.add_argument("--no-seed", action=TargetAction, nargs=0, help="send the previous target no `seed` (vLLM CPU needs it)")
     ap.add_argument("--model", help="the gpt2kit model dir that --src targets serve")
     ap.add_argument("--make-model", nargs=2, metavar=("tiny|124M", "DIR"), help="write a random-weight model to DIR first")
     ap.add_argument("--scenario", action="append", choices=SCENARIOS, help="run only these (repeatable; default all)")
@@ -472,9 +485,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
+def run_one(t: Target, scenario: str, url: str, pid: int | None, z: Sizes) -> dict:
+    """One scenario's figures; a server that stops answering leaves the column empty and a note."""
+    try:
+        return asyncio.run(RUNNERS[scenario](t, url, pid, z))
+    except (httpx.HTTPError, KeyError, ValueError) as e:
+        t.notes.append(f"{scenario}: failed ({type(e).__name__}: {str(e)[:200]}); nothing measured")
+        return {}
+
+
 def measure(t: Target, args, scenarios: list[str], z: Sizes) -> dict[str, dict]:
     def run_all(url, pid):
-        return {s: asyncio.run(RUNNERS[s](t, url, pid, z)) for s in scenarios}
+        return {s: run_one(t, s, url, pid, z) for s in scenarios}
 
     if t.kind == "url":
         return run_all(t.where.rstrip("/"), t.pid)
@@ -483,9 +505,10 @@ def measure(t: Target, args, scenarios: list[str], z: Sizes) -> dict[str, dict]:
 
 
 def describe(t: Target, model: str | None) -> str:
+    seed = "" if t.seeded else ", requests without seed"
     if t.kind == "url":
-        return f"{t.label}: {t.where}" + (f" (pid {t.pid})" if t.pid else "")
-    return f"{t.label}: gpt2kit serve from {t.where} --model {model} {shlex.join(t.serve_args)}".rstrip()
+        return f"{t.label}: {t.where}" + (f" (pid {t.pid})" if t.pid else "") + seed
+    return f"{t.label}: gpt2kit serve from {t.where} --model {model} {shlex.join(t.serve_args)}".rstrip() + seed
 
 
 def main(argv=None) -> None:

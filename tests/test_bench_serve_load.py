@@ -56,11 +56,11 @@ def test_targets_take_their_own_label_and_serve_args():
     a = sl.parse_args(["--model", "m", "--serve-args", "--max-concurrency 64 --max-queue 64",
                        "--src", "old/src", "--label", "today",
                        "--src", "new/src", "--label", "chunked", "--serve-args", "--max-step-tokens 256 --threads 1",
-                       "--base-url", "http://127.0.0.1:9/", "--server-pid", "42"])
-    assert [(t.kind, t.where, t.label, t.serve_args, t.pid) for t in a.targets] == [
-        ("src", "old/src", "today", ["--max-concurrency", "64", "--max-queue", "64"], None),
-        ("src", "new/src", "chunked", ["--max-step-tokens", "256", "--threads", "1"], None),
-        ("url", "http://127.0.0.1:9/", "url3", None, 42),
+                       "--base-url", "http://127.0.0.1:9/", "--server-pid", "42", "--no-seed"])
+    assert [(t.kind, t.where, t.label, t.serve_args, t.pid, t.seeded) for t in a.targets] == [
+        ("src", "old/src", "today", ["--max-concurrency", "64", "--max-queue", "64"], None, True),
+        ("src", "new/src", "chunked", ["--max-step-tokens", "256", "--threads", "1"], None, True),
+        ("url", "http://127.0.0.1:9/", "url3", None, 42, False),
     ]
 
 
