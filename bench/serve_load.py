@@ -57,6 +57,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import random
 import re
@@ -68,6 +69,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,13 +101,13 @@ def fmt(v) -> str:
         return v
     if isinstance(v, int):
         return str(v)
-    if v != v:
+    if math.isnan(v):
         return "nan"
     return f"{v:.0f}" if abs(v) >= 100 else f"{v:.1f}" if abs(v) >= 10 else f"{v:.3g}"
 
 
 def ratio(v, base) -> str:
-    if isinstance(v, float) and isinstance(base, float) and base and v == v and base == base:  # counts get no ratio
+    if isinstance(v, float) and isinstance(base, float) and base and not math.isnan(v / base):  # counts get no ratio
         return f"{v / base:.2f}x"
     return "-"
 
@@ -119,7 +121,7 @@ def format_table(title: str, metrics: list[str], columns: dict[str, dict]) -> st
         vals = [columns[lab].get(m) for lab in labels]
         rows.append([m, *map(fmt, vals)] + [ratio(v, vals[0]) for v in vals[1:]])
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
     return "\n".join([title, line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
@@ -213,7 +215,11 @@ def gpt2kit_server(src: str, model: str, serve_args: list[str]):
     with tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env)
         try:
-            m = re.search(r"http://127\.0\.0\.1:(\d+)/", proc.stdout.readline())
+            m = None
+            for line in proc.stdout:  # the banner line names the port
+                if m := re.search(r"http://127\.0\.0\.1:(\d+)/", line):
+                    break
+            threading.Thread(target=deque, args=(proc.stdout, 0), daemon=True).start()  # drained: the server never blocks on it
             if not m:
                 proc.wait(timeout=30)
                 err.seek(0)
@@ -574,6 +580,10 @@ def describe(t: Target, model: str | None) -> str:
     return f"{t.label}: gpt2kit serve from {t.where} --model {model} {shlex.join(t.serve_args)}".rstrip() + seed
 
 
+def loadavg() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.make_model:
@@ -583,7 +593,7 @@ def main(argv=None) -> None:
         return
     z = QUICK if args.quick else Sizes()
     scenarios = args.scenario or list(SCENARIOS)
-    print("load average at start: %.2f %.2f %.2f" % os.getloadavg(), f"({os.cpu_count()} CPUs)")
+    print(f"load average at start: {loadavg()} ({os.cpu_count()} CPUs)")
     for t in args.targets:
         print("target", describe(t, args.model))
     results = {t.label: measure(t, args, scenarios, z) for t in args.targets}
@@ -595,7 +605,7 @@ def main(argv=None) -> None:
     for t in args.targets:
         for note in t.notes:
             print(f"note, {t.label}: {note}")
-    print("load average at end: %.2f %.2f %.2f" % os.getloadavg())
+    print(f"load average at end: {loadavg()}")
 
 
 if __name__ == "__main__":
