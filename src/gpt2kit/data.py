@@ -149,26 +149,32 @@ def prepare(
     """
     from .fileio import check_writable, write_errors
     from .sources import open_corpus
+
     rule = SplitRule.make(val_fraction, val_tokens, shard_tokens)
     num_proc = _cap_num_proc(num_proc)
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise GPT2KitError(f"out_dir {out_dir} is a file; give a directory path for the prepared data")
     check_writable(out_dir)
     corpus = open_corpus(list(inputs), field=field, doc_sep=doc_sep, dataset=dataset, name=name, split=split)
-    settings = {"tokenizer": tokenizer, "min_freq": min_freq, "split_rule": rule.to_dict(), "field": field, "doc_sep": doc_sep,
-                "sources": corpus.sources}
+    # what the token stream depends on: a resume must match it (the piece sizes fix where the stream resumes)
+    settings = {"tokenizer": tokenizer, "min_freq": min_freq, **rule.to_dict(), "field": field, "doc_sep": doc_sep,
+                "sources": corpus.sources, "pieces": corpus.piece_sizes()}
     partial = os.path.normpath(out_dir) + ".partial"
     state = _resume_state(partial, settings) if resume else None
     with write_errors(out_dir):
-        if state is None:
-            tok = _build_tokenizer(tokenizer, corpus, min_freq, num_proc)  # before anything is written: its errors leave no trace
-            shutil.rmtree(partial, ignore_errors=True)
-            os.makedirs(os.path.join(partial, "tokenizer"))
-            tok.save(os.path.join(partial, "tokenizer"))
+        # built before anything is written: its errors leave no trace
+        tok = None if state is not None else _build_tokenizer(tokenizer, corpus, min_freq, num_proc)
         try:
-            writer = _ShardWriter(partial, settings, rule, state)
-            _tokenise_into(writer, corpus, num_proc, progress)
-            result = writer.finish(out_dir)
+            if tok is not None:
+                shutil.rmtree(partial, ignore_errors=True)
+                os.makedirs(os.path.join(partial, "tokenizer"))
+                tok.save(os.path.join(partial, "tokenizer"))
+            if state is not None and state["progress"] is None:
+                result = _result(out_dir, state["meta"])
+            else:
+                writer = _ShardWriter(partial, settings, rule, state)
+                _tokenise_into(writer, corpus, num_proc, progress)
+                result = writer.finish(out_dir)
             _swap_in(partial, out_dir)
         except (KeyboardInterrupt, SystemExit):
             raise  # OUT.partial stays for resume
@@ -176,6 +182,10 @@ def prepare(
             shutil.rmtree(partial, ignore_errors=True)
             raise
     return result
+
+
+def _result(out_dir: str, meta: dict) -> PrepareResult:
+    return PrepareResult(out_dir, meta["n_vocab"], meta["train_tokens"], meta["val_tokens"], meta["unknown_rate"], len(meta["shards"]))
 
 
 def _build_tokenizer(spec: str, corpus, min_freq: int, num_proc: int):
@@ -191,12 +201,12 @@ def _resume_state(partial: str, settings: dict) -> dict | None:
     """The progress of an interrupted prepare in `partial` (None: there is none), checked against settings."""
     from .shards import read_index
 
-    if not os.path.isdir(partial):
+    if not os.path.exists(os.path.join(partial, INDEX)):  # none, or killed before its first record: start over
         return None
     try:
         meta = read_index(partial, complete=False).meta
-        progress, shards = meta["progress"], meta["shards"]
-        saved = meta["settings"]
+        saved, shards = meta["settings"], meta["shards"]
+        progress = None if meta.get("complete") else meta["progress"]  # complete: killed just before the swap
     except (GPT2KitError, KeyError, TypeError) as e:
         raise GPT2KitError(f"cannot resume from {partial}: its meta.json is corrupt ({str(e)[:120]}); "
                            "prepare again without resume to start over") from None
@@ -208,7 +218,7 @@ def _resume_state(partial: str, settings: dict) -> dict | None:
         if len(read_tokens(os.path.join(partial, s["file"]))) != s["tokens"]:
             raise GPT2KitError(f"cannot resume {partial}: {s['file']} does not hold the {s['tokens']} tokens its meta.json says; "
                                "prepare again without resume to start over")
-    return {"progress": progress, "shards": shards}
+    return {"progress": progress, "shards": shards, "meta": meta}
 
 
 def _swap_in(partial: str, out_dir: str) -> None:
@@ -363,10 +373,9 @@ class _ShardWriter:
         self.rule.check_totals(totals["train"], totals["val"])
         unknown = sum(x["unknown"] for x in self.shards)
         rate = None if self.tok.unk_token is None else unknown / max(1, sum(totals.values()))
-        self._write_meta(None, unknown_rate=rate)
-        return PrepareResult(out_dir, self.tok.n_vocab, totals["train"], totals["val"], rate, len(self.shards))
+        return _result(out_dir, self._write_meta(None, unknown_rate=rate))
 
-    def _write_meta(self, progress: dict | None, unknown_rate: float | None = None) -> None:
+    def _write_meta(self, progress: dict | None, unknown_rate: float | None = None) -> dict:
         """meta.json, the data dir's index (shards.py): `progress` while in progress, None when complete."""
         totals = {s: sum(x["tokens"] for x in self.shards if x["split"] == s) for s in ("train", "val")}
         meta = {
@@ -379,6 +388,7 @@ class _ShardWriter:
         if progress is not None:
             meta["progress"] = progress
         write_json_atomic(os.path.join(self.dir, INDEX), meta)
+        return meta
 
 
 # -- batches -------------------------------------------------------------------------------------

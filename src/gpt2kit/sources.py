@@ -52,6 +52,11 @@ class Corpus:
         """Documents are explicit (JSONL, tables, doc_sep), so char/word vocabularies get an end-of-text id."""
         return self.doc_sep is not None or any(kind != "text" for kind, _ in self.items)
 
+    @staticmethod
+    def piece_sizes() -> list[int]:
+        """The sizes that fix where pieces end: a resumed prepare must cut its input the same way."""
+        return [PIECE_CHARS, READ_BYTES]
+
     def pieces(self) -> Iterator[Piece]:
         for kind, what in self.items:
             if kind == "text" and self.doc_sep is None:
