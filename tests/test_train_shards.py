@@ -1,8 +1,6 @@
 """Training over a sharded data dir (issue 13): exact resume, DDP equality, and the gpt2-124M recipe end to end."""
 import json
 import os
-import subprocess
-import sys
 import sysconfig
 from dataclasses import replace
 
@@ -12,7 +10,8 @@ from conftest import run_cli
 from gpt2kit.data import TokenData, prepare
 from gpt2kit.train import resume, train
 from gpt2kit.train_config import TrainConfig, make_config
-from test_train import RUN_FLAGS, TINY, _cli, _metrics
+import test_train
+from test_train import TINY, _metrics
 
 STDLIB = sysconfig.get_paths()["stdlib"]
 
@@ -40,19 +39,8 @@ def test_training_across_shards_resumes_bit_identically(sharded, tmp_path):
 
 
 def test_ddp_two_processes_equal_one_across_shards(sharded, tmp_path):
-    flags = [*RUN_FLAGS, "--grad-accum", 2, "--dropout", 0.0]
-    flags[flags.index("--max-iters") + 1] = 10
-    one = subprocess.run(_cli("--data", sharded, "--out", tmp_path / "one", *flags), capture_output=True, text=True, timeout=600)
-    assert one.returncode == 0, one.stderr
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gpt2kit",
-                          "train", "--data", os.path.join(sharded, "meta.json"), "--out", str(tmp_path / "two"), *map(str, flags)],
-                         capture_output=True, text=True, timeout=600, env=env)  # the index file names the data as well as its dir
-    assert two.returncode == 0, two.stderr[-2000:]
-    m1, m2 = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
-    assert [r[0] for r in m1] == [r[0] for r in m2] == [0, 10]
-    for r1, r2 in zip(m1, m2):
-        assert abs(r1[1] - r2[1]) <= 1e-5 and abs(r1[2] - r2[2]) <= 1e-5
+    # test_train's DDP check, on the sharded data, named by its index file
+    test_train.test_ddp_two_processes_equal_one_with_double_accumulation(os.path.join(sharded, "meta.json"), tmp_path)
 
 
 # the gpt2-124M preset as the README runs it, with a tiny model: every code path of the big run on a CPU
