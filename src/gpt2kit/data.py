@@ -348,8 +348,8 @@ class _ShardWriter:
             self.n, pos = self.n + take, pos + take
         self.documents += ends_doc
 
-    def _flush(self, split: str, progress: dict, name: str | None = None, ids: np.ndarray | None = None) -> None:
-        """Write the buffer (or `ids`) as the next shard, then the progress that follows it."""
+    def _flush(self, split: str, progress: dict | None, name: str | None = None, ids: np.ndarray | None = None) -> None:
+        """Write the buffer (or `ids`) as the next shard, then the progress that follows it (None: finish() records it)."""
         from_buf = ids is None
         ids = self.buf[:self.n] if from_buf else ids
         name = name or shard_name(split, len(self.shards))
@@ -359,16 +359,17 @@ class _ShardWriter:
                             "unknown": 0 if unk is None else int(np.count_nonzero(ids == unk))})
         if from_buf:
             self.n = 0
-        self._write_meta(progress)
+        if progress is not None:
+            self._write_meta(progress)
 
     def finish(self, out_dir: str) -> PrepareResult:
-        done = {"pieces": None, "skip": 0, "documents": self.documents}
+        """The last shards, then the complete meta.json (a kill before it resumes from the last progress)."""
         if not self.shards and self.rule.one_shard_split:  # it all fits in one shard: nanoGPT's split
             whole, n_train = self.buf[:self.n], self.rule.train_part(self.n)
-            self._flush("train", done, "train.bin", whole[:n_train])
-            self._flush("val", done, "val.bin", whole[n_train:])
+            self._flush("train", None, "train.bin", whole[:n_train])
+            self._flush("val", None, "val.bin", whole[n_train:])
         elif self.n:
-            self._flush(self.rule.split_of(len(self.shards), self.written), done)
+            self._flush(self.rule.split_of(len(self.shards), self.written), None)
         totals = {s: sum(x["tokens"] for x in self.shards if x["split"] == s) for s in ("train", "val")}
         self.rule.check_totals(totals["train"], totals["val"])
         unknown = sum(x["unknown"] for x in self.shards)

@@ -38,10 +38,14 @@ def cmd_prepare(args) -> int:
 
     from gpt2kit.data import prepare
 
-    r = prepare(args.inputs, args.out, args.tokenizer, val_fraction=args.val_fraction, val_tokens=args.val_tokens,
-                shard_tokens=args.shard_tokens, field=args.field, doc_sep=args.doc_sep, dataset=args.dataset, name=args.name,
-                split=args.split, num_proc=args.num_proc, min_freq=args.min_freq, resume=args.resume,
-                progress=sys.stderr.isatty())  # a progress bar only for a person watching, not in logs
+    try:
+        r = prepare(args.inputs, args.out, args.tokenizer, val_fraction=args.val_fraction, val_tokens=args.val_tokens,
+                    shard_tokens=args.shard_tokens, field=args.field, doc_sep=args.doc_sep, dataset=args.dataset, name=args.name,
+                    split=args.split, num_proc=args.num_proc, min_freq=args.min_freq, resume=args.resume,
+                    progress=sys.stderr.isatty())  # a progress bar only for a person watching, not in logs
+    except KeyboardInterrupt:
+        print("\ninterrupted; the shards written so far are kept: run the same command with --resume to continue", file=sys.stderr)
+        return 130
     unk = "" if r.unknown_rate is None else f", unknown-token rate {r.unknown_rate:.4%}"
     shards = "" if r.shards <= 2 else f" in {r.shards} shards"
     print(f"wrote {r.out_dir}: vocab {r.n_vocab}, train {r.train_tokens:,} tokens, val {r.val_tokens:,} tokens{shards}{unk}")
