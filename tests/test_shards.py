@@ -143,6 +143,11 @@ def test_ctrl_c_then_resume_and_mismatched_resume(tmp_path, monkeypatch, small_p
     monkeypatch.setattr(data._ShardWriter, "_flush", real_flush)
     with pytest.raises(GPT2KitError, match="prepared with shard_tokens"):  # the split rule would differ
         prepare(*args, shard_tokens=4000, resume=True, progress=False)
+    text = (tmp_path / "a.txt").read_text()
+    (tmp_path / "a.txt").write_text(text + "more\n")
+    with pytest.raises(GPT2KitError, match="prepared with source_bytes"):  # the input changed
+        prepare(*args, shard_tokens=3000, resume=True, progress=False)
+    (tmp_path / "a.txt").write_text(text)
     r = run_cli("prepare", tmp_path / "a.txt", "--out", tmp_path / "out", "--tokenizer", "char", "--shard-tokens", "3000", "--resume")
     assert_one_line_error(r, "it was prepared with --tokenizer gpt2, not 'char'")
     assert _files(tmp_path / "out.partial") == partial and _files(tmp_path / "out") == ref  # nothing touched

@@ -158,7 +158,7 @@ def prepare(
     corpus = open_corpus(list(inputs), field=field, doc_sep=doc_sep, dataset=dataset, name=name, split=split)
     # what the token stream depends on: a resume must match it (the piece sizes fix where the stream resumes)
     settings = {"tokenizer": tokenizer, "min_freq": min_freq, **rule.to_dict(), "field": field, "doc_sep": doc_sep,
-                "sources": corpus.sources, "pieces": corpus.piece_sizes()}
+                "sources": corpus.sources, "source_bytes": corpus.file_sizes(), "pieces": corpus.piece_sizes()}
     partial = os.path.normpath(out_dir) + ".partial"
     state = _resume_state(partial, settings) if resume else None
     with write_errors(out_dir):

@@ -52,6 +52,10 @@ class Corpus:
         """Documents are explicit (JSONL, tables, doc_sep), so char/word vocabularies get an end-of-text id."""
         return self.doc_sep is not None or any(kind != "text" for kind, _ in self.items)
 
+    def file_sizes(self) -> list[int]:
+        """Bytes of each input file: a resume refuses inputs that changed size since the interrupted run."""
+        return [os.path.getsize(what) for _, what in self.items if isinstance(what, str) and os.path.isfile(what)]
+
     @staticmethod
     def piece_sizes() -> list[int]:
         """The sizes that fix where pieces end: a resumed prepare must cut its input the same way."""
