@@ -98,10 +98,12 @@ def run_prepare(src: Path, out: Path, num_proc: int, shard_tokens: int) -> dict:
             "shards": sum(1 for f in os.listdir(out) if f.endswith(".bin"))}
 
 
-def same_output(a: Path, b: Path) -> bool:
-    names = sorted(os.listdir(a))
-    files = [n for n in names if os.path.isfile(a / n)]
-    return names == sorted(os.listdir(b)) and filecmp.cmpfiles(a, b, files, shallow=False)[0] == files
+def differences(a: Path, b: Path) -> list[str]:
+    """Top-level files that differ between two prepared dirs (or are only in one)."""
+    names = sorted(set(os.listdir(a)) | set(os.listdir(b)))
+    files = [n for n in names if os.path.isfile(a / n) or os.path.isfile(b / n)]
+    _, mismatch, errors = filecmp.cmpfiles(a, b, files, shallow=False)
+    return sorted(mismatch + errors)
 
 
 def main() -> None:
@@ -126,13 +128,13 @@ def main() -> None:
                 outs.append(tmp / f"out{n}")
                 rows.append([f"{size / 1e9:.2f} GB", n, f"{r['wall']:.1f}", f"{size / 1e6 / r['wall']:.1f}",
                              f"{r['largest_mb']:.0f}", f"{r['tree_mb']:.0f}", r["shards"],
-                             "yes" if n == procs[0] else ("yes" if same_output(outs[0], outs[-1]) else "NO")])
+                             "yes" if n == procs[0] else (", ".join(differences(outs[0], outs[-1])) or "yes")])
                 print(f"{gb} GB, num_proc {n}: {r['line']}", file=sys.stderr)
             for o in outs:
                 shutil.rmtree(o)
             src.unlink()
     print(table(rows, ["input", "num_proc", "wall s", "MB/s", "peak RSS MB (largest proc)", "peak RSS MB (tree sum)",
-                       "shards", "identical to num_proc 1"]))
+                       "shards", "identical to num_proc 1 (else: differing files)"]))
     print(f"\nload average at the end: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f} "
           f"on {os.cpu_count()} CPUs")
 
