@@ -19,11 +19,14 @@ Inputs (in order):
 from __future__ import annotations
 
 import codecs
+import contextlib
+import dataclasses
 import glob
 import json
+import logging
 import os
+import warnings
 from collections.abc import Iterable, Iterator
-import dataclasses
 from dataclasses import dataclass
 
 from .errors import GPT2KitError
@@ -274,14 +277,30 @@ def _hf_load(dataset: str, name: str | None, split: str, data_files=None):
 
     datasets = require("datasets", "reading Hugging Face datasets")
     try:
-        ds = datasets.load_dataset(dataset, name, split=split, data_files=data_files, streaming=True)
-        iter(ds)
+        with _quiet_hub_logs():  # its retries log a line each: the failure below is the one line
+            ds = datasets.load_dataset(dataset, name, split=split, data_files=data_files, streaming=True)
+            iter(ds)
     except Exception as e:
         where = "its data files" if data_files else "the Hugging Face hub"
         raise GPT2KitError(f"cannot open dataset {dataset!r}" + (f" (config {name!r})" if name else "") + f", split {split!r}, "
                            f"from {where} ({type(e).__name__}: {_first_line(e)}); offline, download it first "
                            "(datasets' save_to_disk, or its Parquet files) and pass the local directory or files") from None
     return ds
+
+
+@contextlib.contextmanager
+def _quiet_hub_logs():
+    loggers = [logging.getLogger(n) for n in ("huggingface_hub", "datasets")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
 
 
 def _first_line(e: BaseException) -> str:
