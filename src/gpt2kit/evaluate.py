@@ -95,17 +95,19 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 def load_eval_tokens(path: str, tokenizer) -> np.ndarray:
-    """Token ids to score: a text file (tokenized with the model's tokenizer), or a token file
-    written by `gpt2kit prepare` (data.py) or llm.c (header magic 20240520)."""
+    """Token ids to score: a text file (tokenized with the model's tokenizer), a token file
+    written by `gpt2kit prepare` (data.py) or llm.c (header magic 20240520), or a prepared data
+    dir (or its meta.json): its val split."""
     from .interop import llmc
+    from .shards import INDEX
 
+    if os.path.isdir(path) or os.path.basename(path) == INDEX:
+        return _prepared_val_tokens(path)
     try:
         with open(path, "rb") as f:
             head = f.read(8)
     except FileNotFoundError:
         raise GPT2KitError(f"data file not found: {path}") from None
-    except IsADirectoryError:
-        raise GPT2KitError(f"{path} is a directory; pass a text file or a token file (e.g. its val.bin)") from None
     if head == b"GPT2KTOK":
         from .data import read_tokens  # gpt2kit's own token files
 
@@ -118,6 +120,18 @@ def load_eval_tokens(path: str, tokenizer) -> np.ndarray:
     except UnicodeDecodeError:
         raise GPT2KitError(f"{path} is neither UTF-8 text nor a gpt2kit/llm.c token file") from None
     return np.asarray(tokenizer.encode_ordinary(text), dtype=np.int64)
+
+
+def _prepared_val_tokens(path: str) -> np.ndarray:
+    """The val split of a prepared data dir (or of its meta.json), its shards in order."""
+    from .data import read_tokens
+    from .shards import read_index
+
+    index = read_index(path)
+    shards = [np.asarray(read_tokens(index.path(s))) for s in index.split("val")]
+    if not shards:
+        raise GPT2KitError(f"{path} has no val shards; re-run `gpt2kit prepare`")
+    return shards[0] if len(shards) == 1 else np.concatenate(shards)
 
 
 # -- scoring helpers -------------------------------------------------------------------------

@@ -15,6 +15,7 @@ EXTRAS = {
     "jieba": "zh",
     "gguf": "interop", "google_crc32c": "interop",
     "matplotlib": "plot",
+    "datasets": "data", "pyarrow": "data",
     "fastapi": "serve", "uvicorn": "serve", "gradio": "serve", "httpx": "serve",
 }
 

@@ -34,6 +34,7 @@ from .errors import GPT2KitError
 from .fileio import atomic_path, check_writable, read_json, write_failure, write_json_atomic
 from .loading import check_device
 from .model import GPT
+from .shards import INDEX
 from .runlog import append_line, drop_torn_tail, read_metrics, truncate_metrics
 from .train_config import TrainConfig, config_from_dict
 from .weights import build_model, load_model, save_model
@@ -300,7 +301,7 @@ class Trainer:
 
     def load_data_dir(self) -> str:
         cfg = self.cfg
-        if os.path.isdir(cfg.data):
+        if os.path.isdir(cfg.data) or os.path.basename(cfg.data) == INDEX:  # a data dir, or its index file
             return cfg.data
         if not cfg.data:
             raise GPT2KitError("no training data: pass data=DIR (from `gpt2kit prepare`) or a built-in corpus (python-stdlib, shakespeare)")

@@ -14,7 +14,8 @@ def register(sub) -> None:
                                    "online; offline, give --data PATH.")
     p.add_argument("task", choices=TASKS)
     p.add_argument("--data", default=None,
-                   help="perplexity: a text file (tokenized with the model's tokenizer) or a gpt2kit/llm.c token file; "
+                   help="perplexity: a text file (tokenized with the model's tokenizer), a gpt2kit/llm.c token file, or a prepared "
+                        "data dir or its meta.json (its val shards); "
                         "lambada: lambada_test.jsonl; hellaswag: hellaswag_val.jsonl (default: download)")
     p.add_argument("--stride", type=T.positive_int, default=None,
                    help="perplexity window stride in tokens (default: half the window, 512 for GPT-2's 1024)")

@@ -27,6 +27,17 @@ def chunk_text(text: str, target: int = CHUNK_CHARS) -> Iterator[str]:
         yield text[start:]
 
 
+def last_safe_cut(text: str, lo: int = 0) -> int | None:
+    """The last position after lo where chunk_text may cut text (None if there is none): a reader
+    that stops a block there can tokenise the block alone and the rest later, tokens unchanged."""
+    i = text.rfind("\n", lo)
+    while i >= lo and i != -1:
+        if _SAFE_CUT.match(text, i + 1):
+            return i + 1
+        i = text.rfind("\n", lo, i)
+    return None
+
+
 def read_text_files(files: Sequence[str | os.PathLike]) -> Iterator[str]:
     """The files' text, in order, as chunks that split only between lines."""
     for path in files:
