@@ -1,5 +1,7 @@
 """LoRA: parity with peft on transformers' GPT2LMHeadModel, peft's file format both ways, merge, exact resume, errors."""
+import contextlib
 import copy
+import io
 import json
 import os
 import signal
@@ -43,6 +45,19 @@ def ours_like(hf, pm, r=4, alpha=8, targets=ALL):
     ours = add_lora(ours_from_hf(hf), LoraSpec(r, alpha, targets))
     load_adapter_state(ours, peft_adapter_state(pm), "peft")
     return ours.eval()
+
+
+def cli(*args) -> subprocess.CompletedProcess:
+    """`gpt2kit ARGS` in this process (a subprocess costs seconds of imports on a busy machine)."""
+    from gpt2kit.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main([str(a) for a in args])
+        except SystemExit as e:
+            rc = e.code
+    return subprocess.CompletedProcess(args, rc, out.getvalue(), err.getvalue())
 
 
 def tokens(n=2, t=24, vocab=50257, seed=0):
@@ -128,13 +143,13 @@ def test_merged_weights_give_the_unmerged_logits_and_equal_peft_merge(tmp_path):
     for k, v in to_hf_state_dict(merged).items():
         torch.testing.assert_close(v, ref[k], atol=1e-6, rtol=1e-5)
     # the verb: gpt2kit merge BASE ADAPTER --out DIR, and --adapter on generate
-    r = run_cli("merge", tmp_path / "base", tmp_path / "peft", "--out", tmp_path / "merged")
+    r = cli("merge", tmp_path / "base", tmp_path / "peft", "--out", tmp_path / "merged")
     assert r.returncode == 0, r.stderr
     with torch.no_grad():
         torch.testing.assert_close(load_model(tmp_path / "merged")(x)[0], unmerged, atol=1e-5, rtol=1e-5)
     gen = ["generate", "Hello", "--temperature", 0, "--max-new-tokens", 8]
-    via_adapter = run_cli(*gen, "--model", tmp_path / "base", "--adapter", tmp_path / "peft")
-    via_merged = run_cli(*gen, "--model", tmp_path / "merged")
+    via_adapter = cli(*gen, "--model", tmp_path / "base", "--adapter", tmp_path / "peft")
+    via_merged = cli(*gen, "--model", tmp_path / "merged")
     assert via_adapter.returncode == 0 and via_adapter.stdout == via_merged.stdout
 
 
@@ -239,13 +254,13 @@ def test_killed_lora_run_resumes_bit_identically(base_and_data, tmp_path):
 ])
 def test_bad_lora_training_flags_are_one_line_errors_before_anything_is_written(base_and_data, tmp_path, flags, needle):
     base, data = base_and_data
-    r = run_cli("train", "--init-from", base, "--data", data, "--out", tmp_path / "run", "--device", "cpu", *flags)
+    r = cli("train", "--init-from", base, "--data", data, "--out", tmp_path / "run", "--device", "cpu", *flags)
     assert_one_line_error(r, needle)
     assert not (tmp_path / "run").exists()
 
 
 def test_lora_from_scratch_is_refused():
-    r = run_cli("train", "--lora-rank", 4, "--data", "shakespeare")
+    r = cli("train", "--lora-rank", 4, "--data", "shakespeare")
     assert_one_line_error(r, "lora_rank adapts a trained model: set init_from")
 
 
@@ -253,19 +268,40 @@ def test_bad_adapters_are_one_line_errors_naming_the_fix(tiny_checkpoint, tmp_pa
     hf = hf_model(n_embd=64)
     peft_model(hf).save_pretrained(tmp_path / "wide")
     gen = ["generate", "Hi", "--max-new-tokens", 2, "--model", tiny_checkpoint, "--adapter"]
-    assert_one_line_error(run_cli(*gen, tmp_path / "wide"), "is for another base shape")
+    assert_one_line_error(cli(*gen, tmp_path / "wide"), "is for another base shape")
     (tmp_path / "empty").mkdir()
-    assert_one_line_error(run_cli(*gen, tmp_path / "empty"), "holds no adapter_config.json; give a LoRA adapter dir")
-    assert_one_line_error(run_cli(*gen, tmp_path / "nope"), f"--adapter {tmp_path / 'nope'} is not a directory")
+    assert_one_line_error(cli(*gen, tmp_path / "empty"), "holds no adapter_config.json; give a LoRA adapter dir")
+    assert_one_line_error(cli(*gen, tmp_path / "nope"), f"--adapter {tmp_path / 'nope'} is not a directory")
     (tmp_path / "noweights").mkdir()
     (tmp_path / "noweights" / "adapter_config.json").write_text((tmp_path / "wide" / "adapter_config.json").read_text())
-    assert_one_line_error(run_cli(*gen, tmp_path / "noweights"), "but no adapter_model.safetensors")
+    assert_one_line_error(cli(*gen, tmp_path / "noweights"), "but no adapter_model.safetensors")
     cfg = json.loads((tmp_path / "wide" / "adapter_config.json").read_text())
     (tmp_path / "wide" / "adapter_config.json").write_text(json.dumps({**cfg, "r": 8}))
-    assert_one_line_error(run_cli(*gen, tmp_path / "wide"), "not rank r=8 of adapter_config.json")
+    assert_one_line_error(cli(*gen, tmp_path / "wide"), "not rank r=8 of adapter_config.json")
     (tmp_path / "wide" / "adapter_config.json").write_text(json.dumps({**cfg, "use_dora": True}))
-    assert_one_line_error(run_cli(*gen, tmp_path / "wide"), "use_dora=True is a peft variant gpt2kit does not apply")
-    r = run_cli("generate", "Hi", "--model", tmp_path / "wide")  # the adapter given as the model
+    assert_one_line_error(cli(*gen, tmp_path / "wide"), "use_dora=True is a peft variant gpt2kit does not apply")
+    r = cli("generate", "Hi", "--model", tmp_path / "wide")  # the adapter given as the model
     assert_one_line_error(r, f"is a LoRA adapter, not a model; load its base model with --adapter {tmp_path / 'wide'}")
-    r = run_cli("generate", "Hi", "--model", tiny_checkpoint, "--backend", "numpy", "--adapter", tmp_path / "wide")
+    r = cli("generate", "Hi", "--model", tiny_checkpoint, "--backend", "numpy", "--adapter", tmp_path / "wide")
     assert_one_line_error(r, "--backend numpy cannot apply --adapter; use --backend torch")
+
+
+@pytest.mark.slow  # two torchrun processes: about 40 s on a busy 2-core machine
+def test_lora_ddp_two_processes_equal_one_with_double_accumulation(base_and_data, tmp_path):
+    base, data = base_and_data
+    flags = ["--init-from", base, "--data", data, *RUN, "--grad-accum", 2, "--lora-dropout", 0.0]
+    flags[flags.index("--max-iters") + 1] = 20
+    one = subprocess.run(_train("--out", tmp_path / "one", *flags), capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "gpt2kit",
+                          "train", "--out", str(tmp_path / "two"), *map(str, flags)], capture_output=True, text=True, timeout=600, env=env)
+    assert two.returncode == 0, two.stderr[-2000:]
+    m1, m2 = ([json.loads(line) for line in open(d / "metrics.jsonl")] for d in (tmp_path / "one", tmp_path / "two"))
+    assert [r["step"] for r in m1] == [r["step"] for r in m2] == [0, 10, 20]
+    for r1, r2 in zip(m1, m2):
+        assert abs(r1["train_loss"] - r2["train_loss"]) <= 1e-5 and abs(r1["val_loss"] - r2["val_loss"]) <= 1e-5
+    a1, a2 = (read_adapter(tmp_path / d) for d in ("one", "two"))
+    for module, (A, B) in a1.layers.items():
+        torch.testing.assert_close(a2.layers[module][0], A, atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(a2.layers[module][1], B, atol=1e-5, rtol=1e-4)
