@@ -151,6 +151,12 @@ def test_merged_weights_give_the_unmerged_logits_and_equal_peft_merge(tmp_path):
     via_adapter = cli(*gen, "--model", tmp_path / "base", "--adapter", tmp_path / "peft")
     via_merged = cli(*gen, "--model", tmp_path / "merged")
     assert via_adapter.returncode == 0 and via_adapter.stdout == via_merged.stdout
+    # export --adapter: transformers loads the merged model
+    from transformers import GPT2LMHeadModel
+
+    assert cli("export", tmp_path / "base", "--adapter", tmp_path / "peft", "--format", "hf", "--out", tmp_path / "hf").returncode == 0
+    with torch.no_grad():
+        torch.testing.assert_close(GPT2LMHeadModel.from_pretrained(tmp_path / "hf")(input_ids=x).logits, unmerged, atol=1e-5, rtol=1e-5)
 
 
 def test_merge_adapter_refuses_an_adapter_for_another_base_shape(tmp_path):
@@ -284,6 +290,8 @@ def test_bad_adapters_are_one_line_errors_naming_the_fix(tiny_checkpoint, tmp_pa
     assert_one_line_error(r, f"is a LoRA adapter, not a model; load its base model with --adapter {tmp_path / 'wide'}")
     r = cli("generate", "Hi", "--model", tiny_checkpoint, "--backend", "numpy", "--adapter", tmp_path / "wide")
     assert_one_line_error(r, "--backend numpy cannot apply --adapter; use --backend torch")
+    r = run_cli("serve", "--model", tiny_checkpoint, "--adapter", tmp_path / "empty", "--no-page", "--port", 0, timeout=120)
+    assert_one_line_error(r, "holds no adapter_config.json")  # refused before the server starts
 
 
 @pytest.mark.slow  # two torchrun processes: about 40 s on a busy 2-core machine
