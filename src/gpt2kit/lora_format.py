@@ -114,6 +114,8 @@ def read_adapter_config(path: str) -> LoraSpec:
     elif not isinstance(targets, str):
         raise GPT2KitError(f"{file}: target_modules must be a list of names or a regex, got {targets!r:.60}")
     dropout = c.get("lora_dropout") or 0.0
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise GPT2KitError(f"{file}: lora_dropout must be a number in [0, 1), got {dropout!r:.40}; restore the file")
     base = c.get("base_model_name_or_path")
     return LoraSpec(rank, float(alpha), targets, float(dropout), bool(c.get("use_rslora")), base if isinstance(base, str) else None)
 
