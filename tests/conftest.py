@@ -106,3 +106,37 @@ def full_disk_dir(tmp_path):
     d = _tmpfs(tmp_path / "full", "size=64k")
     yield d
     subprocess.run(["umount", "-l", str(d)], check=False)
+
+
+def cli_in_process(*args):
+    """`gpt2kit ARGS` in this process, as a CompletedProcess (a subprocess costs seconds of imports on a busy machine)."""
+    import contextlib
+    import io
+    import subprocess
+
+    from gpt2kit.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = main([str(a) for a in args])
+        except SystemExit as e:
+            rc = e.code
+    return subprocess.CompletedProcess(args, rc, out.getvalue(), err.getvalue())
+
+
+def sigkill_after_iter(proc, run_dir: Path, at: int, timeout: float = 300) -> int:
+    """SIGKILL a training process once its run_dir/state/LATEST reaches iteration `at`; the iteration it had saved."""
+    import json
+    import signal
+    import time
+
+    latest = Path(run_dir) / "state" / "LATEST"
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if latest.exists() and json.loads(latest.read_text())["iter"] >= at:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return json.loads(latest.read_text())["iter"]

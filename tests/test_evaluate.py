@@ -1,10 +1,8 @@
 """Evaluation: strided perplexity, LAMBADA and HellaSwag, each against a transformers computation."""
 from __future__ import annotations
 
-import contextlib
 import functools
 import http.server
-import io
 import json
 import math
 import re
@@ -18,21 +16,15 @@ import torch.nn.functional as F
 
 from gpt2kit import evaluate as E
 from gpt2kit.errors import GPT2KitError
+from conftest import cli_in_process
 from interop_helpers import random_gpt
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def run_cli(*args):
-    from gpt2kit.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = main([str(a) for a in args])
-        except SystemExit as e:
-            rc = e.code
-    return rc, out.getvalue(), err.getvalue()
+    r = cli_in_process(*args)
+    return r.returncode, r.stdout, r.stderr
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from conftest import hf_model, ours_from_hf, run_cli
+from conftest import hf_model, ours_from_hf, run_cli, sigkill_after_iter
 from gpt2kit.data import TokenData, prepare
 from gpt2kit.train import Trainer, configure_optimizer, init_model, lr_at, resume, resume_config, train
 from gpt2kit.train_config import TrainConfig, make_config, preset_names
@@ -110,15 +110,7 @@ def test_resume_after_sigkill_is_bit_identical(data_dir, tmp_path):
     r = subprocess.run(_cli("--data", data_dir, "--out", a, *RUN_FLAGS), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     proc = subprocess.Popen(_cli("--data", data_dir, "--out", b, *RUN_FLAGS), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    latest = b / "state" / "LATEST"
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        if latest.exists() and json.loads(latest.read_text())["iter"] >= 20:
-            break
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = json.loads(latest.read_text())["iter"]
+    killed_at = sigkill_after_iter(proc, b, 20)
     assert 20 <= killed_at < 40, "the run finished before it could be killed"
     r = subprocess.run(_cli("--resume", b), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr

@@ -51,6 +51,7 @@ def read_model_dir(path: str) -> ModelDir:
     """Dispatch on config.json: a gpt2kit checkpoint or an HF GPT-2 folder, its config validated."""
     file = os.path.join(path, CONFIG_FILE)
     if not os.path.exists(file):
+        refuse_adapter_dir(path)
         raise GPT2KitError(f"{path} holds no config.json; is it a model directory (a gpt2kit checkpoint or an HF GPT-2 folder)?")
     meta = read_json(file, "model config")
     if not isinstance(meta, dict):
@@ -68,6 +69,12 @@ def read_model_dir(path: str) -> ModelDir:
     except GPT2KitError as e:
         raise GPT2KitError(f"{file}: {e}; edit the file or re-save the model") from None
     return ModelDir(path, config, hf)
+
+
+def refuse_adapter_dir(path: str) -> None:
+    """A LoRA adapter given where a model belongs: name the fix (its base, with the adapter on top)."""
+    if os.path.exists(os.path.join(path, "adapter_config.json")) and not os.path.exists(os.path.join(path, CONFIG_FILE)):
+        raise GPT2KitError(f"{path} is a LoRA adapter, not a model; load its base model with adapter={path!r}")
 
 
 def _check_version(version, file: str) -> None:

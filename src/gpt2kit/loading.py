@@ -13,20 +13,26 @@ BACKENDS = ("torch", "numpy")
 
 
 def load(model: str | os.PathLike = "gpt2", tokenizer=None, *, dtype: str | None = None, device: str | None = None,
-         backend: str = "torch", need_tokenizer: bool = True):
+         backend: str = "torch", need_tokenizer: bool = True, adapter: str | os.PathLike | None = None):
     """(model, tokenizer) from a hub name, HF-format dir or gpt2kit checkpoint dir.
+
+    adapter: a LoRA adapter dir (gpt2kit's or peft's), merged into the weights as they load.
 
     tokenizer: a spec for get_tokenizer, a Tokenizer, or None for the model's own (GPT-2 BPE for
     hub/HF models). need_tokenizer=False returns (model, None) when the model carries none.
     backend="numpy" gives the pure-NumPy model (float32, CPU, no torch imported).
     """
+    from .checkpoint import refuse_adapter_dir
     from .hub import resolve_model_path
 
     if backend not in BACKENDS:
         raise GPT2KitError(f"backend={backend!r} is not one of {BACKENDS}")
     if backend == "numpy" and (device not in (None, "cpu") or dtype not in (None, "float32")):
         raise GPT2KitError("backend='numpy' runs float32 on the CPU; drop device=/dtype= or use backend='torch'")
+    if backend == "numpy" and adapter is not None:
+        raise GPT2KitError("backend='numpy' cannot apply adapter=; use backend='torch', or load a model the adapter is merged into")
     path = resolve_model_path(model)
+    refuse_adapter_dir(path)  # before the tokenizer lookup fails on it less clearly
     tok = _tokenizer(tokenizer, path, need_tokenizer)
     if backend == "numpy":
         from .numpy_gpt2 import load as load_numpy
@@ -35,7 +41,7 @@ def load(model: str | os.PathLike = "gpt2", tokenizer=None, *, dtype: str | None
     else:
         from .weights import load_model
 
-        m = load_model(path, dtype=dtype, device=check_device(device or "cpu"))
+        m = load_model(path, dtype=dtype, device=check_device(device or "cpu"), adapter=adapter)
     if tok is not None:
         check_vocab(tok, m.config.vocab_size)
     return m, tok

@@ -33,6 +33,7 @@ from .data import TokenData
 from .errors import GPT2KitError
 from .fileio import atomic_path, check_writable, read_json, write_failure, write_json_atomic
 from .loading import check_device
+from .lora import adapter_state, add_lora, load_adapter_state, lora_layers, save_adapter, trainable_params
 from .model import GPT
 from .shards import INDEX
 from .runlog import append_line, drop_torn_tail, read_metrics, truncate_metrics
@@ -159,7 +160,10 @@ def save_state(out: str, model: GPT, optimizer, scaler, it: int, extra: dict) ->
     root = os.path.join(out, "state")
     step_dir = os.path.join(root, f"step-{it:08d}")
     os.makedirs(step_dir, exist_ok=True)
-    sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    if lora_layers(model):  # a LoRA run: the frozen base is init_from's, only the adapter changes
+        sd = adapter_state(model)
+    else:
+        sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != "lm_head.weight"}
     with atomic_path(os.path.join(step_dir, "model.safetensors")) as tmp:
         save_file(sd, tmp)
     rng = {"torch": torch.get_rng_state()}
@@ -313,14 +317,19 @@ class Trainer:
         return data_dir
 
     def build_model(self, state) -> GPT:
-        cfg = self.cfg
-        if state is None:
-            _check_memory(cfg, self.data.n_vocab)
+        cfg, spec = self.cfg, self.cfg.lora_spec()
+        if state is None or spec is not None:  # a LoRA run re-reads its frozen base; its state holds the adapter
+            if state is None:
+                _check_memory(cfg, self.data.n_vocab)
             model = init_model(cfg, self.data.n_vocab)
         else:
             model = build_model(_saved_model_config(cfg.out), state[2])
             if model.config.vocab_size != self.data.n_vocab:
                 raise GPT2KitError(f"the run in {cfg.out} has a vocabulary of {model.config.vocab_size} but {cfg.data} has {self.data.n_vocab}; resume with its own data")
+        if spec is not None:
+            add_lora(model, spec, seed=cfg.seed)
+            if state is not None:
+                load_adapter_state(model, state[2], os.path.join(cfg.out, "state"))
         set_dropout(model, cfg.dropout)
         self.data.check_block_size(model.config.block_size)
         return model.to(self.device).train()
@@ -367,6 +376,9 @@ class Trainer:
         if not self.resuming:
             self.log(f"model: {self.raw_model.num_params() / 1e6:.2f}M parameters | {self.tokens_per_iter} tokens/iter | "
                      f"device {self.device} {str(self.dtype).replace('torch.', '')}" + (f" | DDP x{self.dist.world}" if self.dist.ddp else ""))
+            if cfg.lora_rank:
+                n, total = trainable_params(self.raw_model), self.raw_model.num_params(non_embedding=False)
+                self.log(f"LoRA r={cfg.lora_rank} on {cfg.lora_targets}: trainable params {n:,} of {total:,} ({100 * n / total:.4f}%)")
 
     # -- the loop --------------------------------------------------------------------------------
 
@@ -443,9 +455,17 @@ class Trainer:
         if self.writer:
             self.writer.add_scalars("loss", {"train": self.last["train"], "val": self.last["val"]}, it)
         if improved or cfg.always_save_checkpoint:
-            save_model(self.raw_model, cfg.out, tokenizer=self.tokenizer,
-                       meta={"iter": it, "val_loss": self.last["val"], "train_config": cfg.to_dict()})
+            self.save_checkpoint()
         self.save_state(elapsed)
+
+    def save_checkpoint(self) -> None:
+        """The run's model: a checkpoint dir, or for a LoRA run the adapter in peft's format."""
+        cfg = self.cfg
+        meta = {"iter": self.it, "val_loss": self.last["val"], "train_config": cfg.to_dict()}
+        if cfg.lora_rank:
+            save_adapter(self.raw_model, cfg.out, cfg.lora_spec(), meta=meta)
+        else:
+            save_model(self.raw_model, cfg.out, tokenizer=self.tokenizer, meta=meta)
 
     @torch.inference_mode()  # ~5% faster than no_grad on CPU; eval tensors never meet autograd
     def estimate_loss(self) -> dict[str, float]:
@@ -493,7 +513,8 @@ class Trainer:
             torch.distributed.barrier()
         result = TrainResult(cfg.out, self.it, self.best_val, self.last["train"], self.last["val"], elapsed,
                              self.it * self.tokens_per_iter / max(elapsed, 1e-9), self.train_losses)
-        if master and cfg.samples and os.path.exists(os.path.join(cfg.out, "config.json")):
+        saved = "adapter_config.json" if cfg.lora_rank else "config.json"
+        if master and cfg.samples and os.path.exists(os.path.join(cfg.out, saved)):
             print_samples(cfg, self.log)
         return result
 
@@ -515,7 +536,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, log=print) -> TrainResult:
 
 
 # Fields fixed by the model a run has built (or by the run dir itself): a resume cannot change them.
-FIXED_ON_RESUME = ("out", "init_from", "tokenizer", "n_layer", "n_head", "n_embd", "block_size", "bias", "pad_vocab_multiple")
+FIXED_ON_RESUME = ("out", "init_from", "tokenizer", "n_layer", "n_head", "n_embd", "block_size", "bias", "pad_vocab_multiple",
+                   "lora_rank", "lora_alpha", "lora_targets")
 
 
 def resume_config(run_dir: str, overrides: dict | None = None) -> TrainConfig:
@@ -552,9 +574,13 @@ def set_dropout(model: GPT, p: float) -> None:
 def print_samples(cfg: TrainConfig, log=print) -> None:
     """cfg.samples samples of cfg.sample_tokens tokens from the saved checkpoint (TrainConfig.samples*)."""
     from .generation import generate_text
+    from .loading import load
     from .tokenization import load_tokenizer
 
-    model, tok = load_model(cfg.out), load_tokenizer(cfg.out)
+    if cfg.lora_rank:  # the adapter on its base
+        model, tok = load(cfg.init_from, adapter=cfg.out)
+    else:
+        model, tok = load_model(cfg.out), load_tokenizer(cfg.out)
     prompt = cfg.sample_prompt or ("" if tok.eot_token is not None else "\n")
     ids = tok.encode(prompt) if prompt else [tok.eot_token]
     g = torch.Generator().manual_seed(cfg.seed)

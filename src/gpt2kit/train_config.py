@@ -31,6 +31,11 @@ class TrainConfig:
     dropout: float = 0.0
     bias: bool = True
     pad_vocab_multiple: int = 64  # round wte rows up for faster matmuls; sliced off the logits
+    # LoRA (peft's defaults): with lora_rank > 0 only adapters on the init_from model train; out/ holds the adapter
+    lora_rank: int = 0  # 0 = off: finetune every weight
+    lora_alpha: float = 8.0  # the adapter's scaling is lora_alpha / lora_rank
+    lora_dropout: float = 0.0
+    lora_targets: str = "c_attn"  # comma list of c_attn, c_proj, c_fc (attn.c_proj / mlp.c_proj for one c_proj)
     # optimisation
     batch_size: int = 12
     grad_accum: int = 1  # micro-steps per optimizer step (in total, across DDP ranks)
@@ -83,6 +88,7 @@ class TrainConfig:
         if self.n_embd % self.n_head:
             raise GPT2KitError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         self._check_optimizer_and_system()
+        self._check_lora()
 
     def _check_optimizer_and_system(self) -> None:
         for name in ("beta1", "beta2"):
@@ -95,6 +101,22 @@ class TrainConfig:
             raise GPT2KitError(f"seed must be in [0, 2**32), got {self.seed}")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise GPT2KitError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+
+    def _check_lora(self) -> None:
+        if self.lora_rank < 0:
+            raise GPT2KitError(f"lora_rank must be >= 0 (0 = finetune every weight), got {self.lora_rank}")
+        if self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
+            raise GPT2KitError(f"need lora_alpha > 0 and lora_dropout in [0, 1), got {self.lora_alpha}, {self.lora_dropout}")
+        if self.lora_rank and self.init_from == "scratch":
+            raise GPT2KitError("lora_rank adapts a trained model: set init_from to one (a hub name or a model dir)")
+        self.lora_spec()  # the targets are known layer names
+
+    def lora_spec(self):
+        """The adapter this run trains (a lora_format.LoraSpec), or None when lora_rank is 0."""
+        from .lora_format import LoraSpec, parse_targets
+
+        targets = parse_targets(self.lora_targets)
+        return LoraSpec(self.lora_rank, self.lora_alpha, targets, self.lora_dropout, base=self.init_from) if self.lora_rank else None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -145,17 +145,27 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
           "float16": torch.float16, "fp16": torch.float16}
 
 
-def load_model(name_or_path: str | os.PathLike = "gpt2", *, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu") -> GPT:
+def load_model(name_or_path: str | os.PathLike = "gpt2", *, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",
+               adapter=None) -> GPT:
     """GPT-2 from a hub name, an HF-format directory, or a gpt2kit checkpoint directory.
 
     dtype: float32 (default), bfloat16, float16, or "int8" (int8 weights, CPU inference only).
+    adapter: a LoRA adapter dir (or a lora.Adapter), merged into the float32 weights before the cast.
     """
     path = resolve_model_path(name_or_path)
     if isinstance(dtype, str) and dtype not in DTYPES and dtype != "int8":
         raise GPT2KitError(f"unknown dtype {dtype!r}; use float32, bfloat16, float16 or int8")
     if dtype == "int8" and torch.device(device).type != "cpu":
         raise GPT2KitError("int8 weights run on the CPU only; use dtype='bfloat16' on a GPU")
+    if adapter is not None and not hasattr(adapter, "layers"):
+        from .lora import read_adapter
+
+        adapter = read_adapter(adapter)  # before the base loads: a bad adapter fails fast
     model = load_dir(read_model_dir(path))
+    if adapter is not None:
+        from .lora import merge_adapter
+
+        merge_adapter(model, adapter)
     return to_dtype(model, dtype).to(device)
 
 

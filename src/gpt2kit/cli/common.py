@@ -14,7 +14,7 @@ PARAM_FLAGS = {
     "tokenizer": "--tokenizer", "dtype": "--dtype", "device": "--device", "backend": "--backend",
     "allowed_special": "--allow-special", "trust_pickle": "--trust-pickle", "data": "--data",
     "digits": "--digits", "field": "--field", "block_size": "--block-size", "max_new_tokens": "--max-new-tokens",
-    "tensorboard": "--tensorboard",
+    "tensorboard": "--tensorboard", "adapter": "--adapter",
 }
 SWITCHES = {"allowed_special", "trust_pickle", "tensorboard"}  # store_true flags: the parameter's value is not shown
 _PARAM = re.compile(r"\b(" + "|".join(PARAM_FLAGS) + r")=(\{[^}]*\}|'[^']*'|\"[^\"]*\"|[^\s,;)/]*)")
@@ -37,8 +37,14 @@ def add_model_args(p: argparse.ArgumentParser, backend: bool = False) -> None:
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "int8"],
                    help="weights: float32 (default), bfloat16, float16, or int8 (int8 weights, CPU only: fastest decode)")
+    add_adapter_arg(p)
     if backend:
         p.add_argument("--backend", default="torch", choices=["torch", "numpy"], help="torch (default) or numpy: pure NumPy GPT-2, float32 on the CPU, no torch imported")
+
+
+def add_adapter_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--adapter", default=None, metavar="DIR",
+                   help="a LoRA adapter (a LoRA training run's dir, or peft's save_pretrained dir), merged into the model as it loads")
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -57,7 +63,8 @@ def load_model_args(args):
     """(model, tokenizer) for the flags of add_model_args."""
     from gpt2kit.loading import load
 
-    return load(args.model, args.tokenizer, dtype=args.dtype, device=args.device, backend=getattr(args, "backend", "torch"))
+    return load(args.model, args.tokenizer, dtype=args.dtype, device=args.device, backend=getattr(args, "backend", "torch"),
+                adapter=args.adapter)
 
 
 def check_out_file(path: str) -> None:

@@ -1,6 +1,8 @@
 """`gpt2kit export MODEL --format hf|gguf|llmc --out PATH`: write a model for another tool."""
 from __future__ import annotations
 
+from .common import add_adapter_arg
+
 
 def register(sub) -> None:
     p = sub.add_parser("export", help="export a model for transformers (hf), llama.cpp (gguf) or llm.c (llmc)",
@@ -9,6 +11,7 @@ def register(sub) -> None:
     p.add_argument("--format", required=True, choices=["hf", "gguf", "llmc"], help="target format")
     p.add_argument("--out", required=True, help="output folder (hf) or file (gguf, llmc)")
     p.add_argument("--tokenizer", default=None, help="tokenizer spec; default: the one saved with the model")
+    add_adapter_arg(p)
     p.add_argument("--dtype", default=None,
                    help="weights: gguf f32 (default) | f16; llmc float32 (default) | bfloat16; hf keeps the model's dtype")
     p.set_defaults(func=cmd_export)
@@ -24,7 +27,8 @@ def cmd_export(args) -> int:
     if args.format == "gguf":
         require("gguf", "GGUF export")  # before the model loads
     hf_dtype = args.dtype if args.format == "hf" else None  # gguf/llmc --dtype is the file's, not the model's
-    model, tok = load(args.model, args.tokenizer, dtype=hf_dtype, need_tokenizer=args.format == "gguf")
+    model, tok = load(args.model, args.tokenizer, dtype=hf_dtype, need_tokenizer=args.format == "gguf",
+                      adapter=args.adapter)
     if args.format == "hf":
         from gpt2kit.interop.hf_export import export_hf
 
