@@ -2,7 +2,7 @@
 
 vLLM's design (Kwon et al., "Efficient Memory Management for Large Language Model Serving with
 PagedAttention", 2023), written for CPU torch:
-- The pool holds k, v of shape (n_layer, n_head, num_blocks, block_len, head_size). A row (one
+- The pool holds k, v of shape (n_layer, num_blocks, block_len, n_head, head_size). A row (one
   sequence) owns a block table, the ids of its blocks in order; position p of the row lives in
   block table[p // block_len] at offset p % block_len. Blocks are taken as a row grows and
   given back when it ends, so memory follows the tokens in flight.
@@ -22,6 +22,7 @@ taken, because a masked key still enters q @ k^T and garbage NaN would leak thro
 """
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -49,11 +50,13 @@ class BlockPool:
     def __init__(self, config, num_blocks: int, *, device=None, dtype=torch.float32, block_len: int = BLOCK_LEN):
         if num_blocks < 2:
             raise GPT2KitError(f"the KV cache needs at least 2 blocks, got {num_blocks}")
-        shape = (config.n_layer, config.n_head, num_blocks, block_len, config.head_size)
+        # block-major, then position, then head: gathering a row's blocks copies whole contiguous blocks, and
+        # (blocks, positions) flatten into one sequence axis that attention reads as a strided view
+        shape = (config.n_layer, num_blocks, block_len, config.n_head, config.head_size)
         self.k = torch.empty(shape, device=device, dtype=dtype)
         self.v = torch.empty(shape, device=device, dtype=dtype)
-        self.k[:, :, 0] = 0  # the padding block
-        self.v[:, :, 0] = 0
+        self.k[:, 0] = 0  # the padding block
+        self.v[:, 0] = 0
         self.block_len = block_len
         self.num_blocks = num_blocks
         self._free: list[int] = []  # released blocks (resident memory), a stack
@@ -65,6 +68,7 @@ class BlockPool:
         self._cached: dict[tuple, int] = {}  # content key -> block
         self._evictable: OrderedDict[int, None] = OrderedDict()  # registered blocks nobody holds, oldest first
         self.records: dict[int, PromptRecord] = {}
+        self._scratch: dict[str, torch.Tensor] = {}  # reused gather buffers: fresh large tensors cost page faults each step
         self.hits = self.lookups = 0  # prefix-reuse statistics, in blocks
 
     @staticmethod
@@ -94,8 +98,8 @@ class BlockPool:
             return None
         self._refs[b] = 1
         self.records.pop(b, None)
-        self.k[:, :, b] = 0
-        self.v[:, :, b] = 0
+        self.k[:, b] = 0
+        self.v[:, b] = 0
         return b
 
     def release(self, blocks: list[int]) -> None:
@@ -106,6 +110,14 @@ class BlockPool:
                     self._evictable[b] = None  # keep its content for reuse until the pool needs the block
                 else:
                     self._free.append(b)
+
+    def scratch(self, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """A reusable buffer of this shape (contents undefined), grown when a step needs more."""
+        n = math.prod(shape)
+        buf = self._scratch.get(name)
+        if buf is None or buf.numel() < n:
+            buf = self._scratch[name] = torch.empty(int(n * 1.25), dtype=self.k.dtype, device=self.k.device)
+        return buf[:n].view(shape)
 
     # -- prefix reuse --------------------------------------------------------------------------
     def key(self, parent: int | None, tokens: tuple[int, ...]) -> tuple:
@@ -177,19 +189,23 @@ class StepKV:
             nb = max(p // bl for p in starts[:D]) + 1  # blocks the longest decode row spans
             self.decode_blocks = torch.tensor([(t[: s // bl + 1] + [0] * nb)[:nb] for t, s in zip(tables, starts[:D])], device=dev)  # (D, nb)
             first = tables[0][0]
-            # one row over consecutive blocks reads the pool in place (a view, no gather, no mask)
+            # one row over consecutive blocks reads the pool in place (a view, no gather)
             self.decode_view = (first, nb, starts[0] + 1) if D == 1 and tables[0][:nb] == list(range(first, first + nb)) else None
-            self.decode_mask = None if self.decode_view else (torch.arange(nb * bl, device=dev)[None, :] <= pos[:, None])[:, None, None, :]  # (D, 1, 1, S)
+            # rows at one position need no mask: their keys are cut at that position
+            self.decode_len = starts[0] + 1 if len(set(starts[:D])) == 1 else nb * bl
+            self.decode_mask = None if self.decode_len < nb * bl or self.decode_view else (
+                torch.arange(nb * bl, device=dev)[None, :] <= pos[:, None])[:, None, None, :]  # (D, 1, 1, S)
 
     def attend(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """q, k, v (N, nh, hs) for the packed tokens -> attention output (N, nh, hs); writes k, v into the pool."""
-        K, V = self.pool.k[layer], self.pool.v[layer]  # (nh, num_blocks, bl, hs)
-        K[:, self.slot_block, self.slot_offset] = k.transpose(0, 1)  # (nh, N, hs)
-        V[:, self.slot_block, self.slot_offset] = v.transpose(0, 1)
+        K, V = self.pool.k[layer], self.pool.v[layer]  # (num_blocks, bl, nh, hs)
+        K[self.slot_block, self.slot_offset] = k  # (N, nh, hs)
+        V[self.slot_block, self.slot_offset] = v
         out = []
         D = self.num_decode
         if D:
-            keys, vals = self._decode_kv(K), self._decode_kv(V)  # (D, nh, S, hs)
+            S = self.decode_len
+            keys, vals = self._decode_kv(K, "k")[:, :, :S], self._decode_kv(V, "v")[:, :, :S]  # (D, nh, S, hs)
             y = torch.nn.functional.scaled_dot_product_attention(q[:D, :, None], keys, vals, attn_mask=self.decode_mask)  # (D, nh, 1, hs)
             out.append(y[:, :, 0])
         n = D
@@ -202,8 +218,8 @@ class StepKV:
                 S = start + count
                 nb = -(-S // self.pool.block_len)
                 idx = torch.tensor(table[:nb], device=K.device)
-                ki = self._gather(K, idx[None])[:, :, :S]  # (1, nh, S, hs)
-                vi = self._gather(V, idx[None])[:, :, :S]
+                ki = self._gather(K, idx[None], "k")[:, :, :S]  # (1, nh, S, hs)
+                vi = self._gather(V, idx[None], "v")[:, :, :S]
                 qp = torch.arange(start, S, device=K.device)[:, None]
                 mask = torch.arange(S, device=K.device)[None, :] <= qp  # (T, S)
                 y = torch.nn.functional.scaled_dot_product_attention(qi, ki, vi, attn_mask=mask)
@@ -211,17 +227,16 @@ class StepKV:
             n += count
         return out[0] if len(out) == 1 else torch.cat(out)
 
-    def _decode_kv(self, X: torch.Tensor) -> torch.Tensor:
+    def _decode_kv(self, X: torch.Tensor, name: str) -> torch.Tensor:
         if self.decode_view is not None:
             first, nb, S = self.decode_view
-            nh, _, bl, hs = X.shape
-            return X[:, first : first + nb].reshape(nh, nb * bl, hs)[None, :, :S]  # (1, nh, S, hs), a view
-        return self._gather(X, self.decode_blocks)
+            _, bl, nh, hs = X.shape
+            return X[first : first + nb].view(1, nb * bl, nh, hs)[:, :S].transpose(1, 2)  # (1, nh, S, hs), a view
+        return self._gather(X, self.decode_blocks, name)
 
-    @staticmethod
-    def _gather(X: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
-        """Rows' blocks gathered from one layer's pool X (nh, num_blocks, bl, hs): table (R, nb) -> (R, nh, nb * bl, hs)."""
-        nh, _, bl, hs = X.shape
+    def _gather(self, X: torch.Tensor, table: torch.Tensor, name: str) -> torch.Tensor:
+        """Rows' blocks gathered from one layer's pool X (num_blocks, bl, nh, hs): table (R, nb) -> (R, nh, nb * bl, hs)."""
+        _, bl, nh, hs = X.shape
         R, nb = table.shape
-        g = X.index_select(1, table.reshape(-1))  # (nh, R * nb, bl, hs), one copy
-        return g.view(nh, R, nb * bl, hs).transpose(0, 1)  # (R, nh, S, hs), a view of that copy
+        g = torch.index_select(X, 0, table.reshape(-1), out=self.pool.scratch(name, (R * nb, bl, nh, hs)))  # whole blocks
+        return g.view(R, nb * bl, nh, hs).transpose(1, 2)  # (R, nh, S, hs), a strided view of that copy
