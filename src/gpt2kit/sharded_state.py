@@ -115,3 +115,19 @@ def full_state_dict(model) -> dict[str, torch.Tensor]:
 
     sd = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     return {k: v for k, v in sd.items() if k != "lm_head.weight"}  # tied to wte
+
+
+def shard_optimizer_state(whole: dict, optimizer) -> dict:
+    """A whole-model optimizer state dict (a DDP or one-process run's optimizer.pt) with every moment
+    sliced like its parameter's shards, for optimizer.load_state_dict of an FSDP run.
+
+    Its entries are numbered in the order of the optimizer's parameters, which sharding keeps."""
+    from torch.distributed.tensor import distribute_tensor
+
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    state = {}
+    for i, s in whole["state"].items():
+        p = params[int(i)]
+        state[i] = {k: distribute_tensor(v.to(p.device), p.device_mesh, p.placements, src_data_rank=None)
+                    if torch.is_tensor(v) and v.shape == p.shape else v for k, v in s.items()}
+    return {**whole, "state": state}

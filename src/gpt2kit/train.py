@@ -36,7 +36,7 @@ from .fileio import atomic_path, check_writable, read_json, write_failure, write
 from .loading import check_device
 from .model import GPT
 from .runlog import append_line, drop_torn_tail, read_metrics, truncate_metrics
-from .sharded_state import full_state_dict, load_sharded, save_sharded
+from .sharded_state import full_state_dict, load_sharded, save_sharded, shard_optimizer_state
 from .train_config import TrainConfig, config_from_dict
 from .weights import build_model, load_model, save_model
 
@@ -216,7 +216,7 @@ def load_state(out: str) -> SavedState:
     if missing:
         raise GPT2KitError(f"{step_dir}/state.json lacks {', '.join(missing)}; the state is corrupt and cannot be resumed")
     if os.path.isdir(os.path.join(step_dir, "dcp")):
-        flat = read_safetensors(os.path.join(step_dir, "rng.safetensors"))
+        flat = _read_rng(os.path.join(step_dir, "rng.safetensors"))
         rng = {"torch": flat["torch"], "cuda": [flat[f"cuda.{i}"] for i in range(len(flat) - 1)]}
         return SavedState(state, rng, sharded=os.path.join(step_dir, "dcp"))
     try:
@@ -224,6 +224,15 @@ def load_state(out: str) -> SavedState:
     except Exception as e:
         raise GPT2KitError(f"cannot read {step_dir}/optimizer.pt ({str(e).splitlines()[0]}); the state is corrupt") from None
     return SavedState(state, opt["rng"], read_safetensors(os.path.join(step_dir, "model.safetensors")), opt)
+
+
+def _read_rng(path: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except Exception as e:  # missing, truncated
+        raise GPT2KitError(f"cannot read {path} ({str(e).splitlines()[0] if str(e) else type(e).__name__}); the state is corrupt") from None
 
 
 STATE_KEYS = {"iter", "python_rng", "numpy_rng", "best_val_loss", "elapsed_s"}
@@ -365,7 +374,8 @@ class Trainer:
         if state.sharded:  # weights too: re-sliced to this run's ranks
             load_sharded(state.sharded, self.raw_model, self.optimizer)
         else:
-            self.optimizer.load_state_dict(state.optimizer["optimizer"])
+            opt = state.optimizer["optimizer"]  # a DDP run's whole moments: sliced when this run shards
+            self.optimizer.load_state_dict(shard_optimizer_state(opt, self.optimizer) if self.dist.fsdp else opt)
             self.scaler.load_state_dict(state.optimizer["scaler"])
         torch.set_rng_state(state.rng["torch"])
         if state.rng.get("cuda") and torch.cuda.is_available():
