@@ -20,6 +20,7 @@ class Dist:
     local_rank: int = 0
     strategy: str = "ddp"
     group: bool = False  # this process is in a torchrun process group (also a 1-process FSDP run)
+    cpu_group: object = None  # gloo, for small host-side agreements that must not wait on the GPU (None: the default)
 
     @property
     def master(self) -> bool:
@@ -50,8 +51,11 @@ def setup_distributed(device: str, strategy: str = "ddp") -> Dist:
     import torch.distributed as dist
 
     d = Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)), strategy, True)
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())  # as resolve_device decides
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    if dist.get_backend() != "gloo":
+        d.cpu_group = dist.new_group(backend="gloo")
     return d
 
 
@@ -95,8 +99,8 @@ def from_master(values: list[float], dist_: Dist) -> list[float]:
     """Rank 0's values on every rank, so that decisions taken on all ranks (save or not) agree."""
     if not dist_.ddp:
         return values
-    t = torch.tensor(values, dtype=torch.float64, device=_collective_device())
-    torch.distributed.broadcast(t, src=0)
+    t = torch.tensor(values, dtype=torch.float64)
+    torch.distributed.broadcast(t, src=0, group=dist_.cpu_group)
     return t.tolist()
 
 
@@ -104,10 +108,6 @@ def all_agree(flag: bool, dist_: Dist) -> bool:
     """True on every rank when it is True on any (a Ctrl-C seen by one rank stops all at the same step)."""
     if not dist_.ddp:
         return flag
-    t = torch.tensor([int(flag)], device=_collective_device())
-    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    t = torch.tensor([int(flag)])  # on the host: a GPU tensor here would sync the GPU every step
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX, group=dist_.cpu_group)
     return bool(t.item())
-
-
-def _collective_device() -> str:
-    return "cuda" if torch.distributed.get_backend() == "nccl" else "cpu"

@@ -475,7 +475,9 @@ class Trainer:
     def evaluate_and_save(self, lr: float) -> None:
         """Eval both splits, log a metrics record, save the checkpoint if better and the state always."""
         cfg, it = self.cfg, self.it
-        self.last = dict(zip(("train", "val"), from_master(list(self.estimate_loss().values()), self.dist)))
+        self.last = self.estimate_loss()
+        if self.dist.fsdp:  # every rank evaluated; rank 0's numbers decide the save for all
+            self.last = dict(zip(self.last, from_master(list(self.last.values()), self.dist)))
         elapsed = time.perf_counter() - self.t_start
         improved = self.last["val"] < self.best_val
         self.best_val = min(self.best_val, self.last["val"])
