@@ -5,19 +5,20 @@ import pickle
 import shutil
 import subprocess
 import sys
-import sysconfig
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import test_train
 from conftest import assert_one_line_error, run_cli
 from gpt2kit import load_model
-from gpt2kit.data import prepare
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.sharded_state import load_sharded
 from gpt2kit.train import configure_optimizer, init_model, resume, train
 from gpt2kit.train_config import TrainConfig
+
+data_dir = test_train.data_dir  # the fixture: argparse.py, char-level
 
 TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=4, grad_accum=2, dropout=0.0, eval_iters=2,
             eval_interval=10, lr=1e-2, min_lr=1e-3, warmup_iters=3, lr_decay_iters=20, device="cpu", progress=False,
@@ -48,15 +49,6 @@ def _assert_close_runs(a, b, tol=1e-5):
     assert [r[0] for r in ma] == [r[0] for r in mb] == [0, 10, 20]
     for ra, rb in zip(ma, mb):
         assert abs(ra[1] - rb[1]) <= tol and abs(ra[2] - rb[2]) <= tol, (ra, rb)
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("data")
-    text = open(os.path.join(sysconfig.get_paths()["stdlib"], "argparse.py"), encoding="utf-8").read()
-    (d / "corpus.txt").write_text(text)
-    prepare([str(d / "corpus.txt")], str(d / "prepared"), "char", progress=False)
-    return str(d / "prepared")
 
 
 @pytest.fixture(scope="module")
