@@ -284,6 +284,7 @@ class Trainer:
         self.dist = Dist()
         self.logf = self.writer = self.bar = None
         self.it, self.best_val, self.t_start = 0, float("inf"), 0.0
+        self.saved_it = -1  # the iteration of the state on disk
         self.last = {"train": float("nan"), "val": float("nan")}
         self.train_losses: list[tuple[int, float]] = []
         self._eval_batches: list | None = None
@@ -383,6 +384,7 @@ class Trainer:
         random.setstate((meta["python_rng"][0], tuple(meta["python_rng"][1]), meta["python_rng"][2]))
         np.random.set_state(_np_state_from_json(meta["numpy_rng"]))
         self.it, self.best_val = meta["iter"], meta["best_val_loss"]
+        self.saved_it = self.it
         self.t_start = -meta["elapsed_s"]  # made absolute when the loop starts
 
     def wrap(self, model: GPT):
@@ -539,6 +541,9 @@ class Trainer:
         return torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device)
 
     def save_state(self, elapsed: float) -> None:
+        if self.it == self.saved_it:  # a stop right after a resume: the state on disk is this one (not rewritten in place)
+            return
+        self.saved_it = self.it
         save_state(self.cfg.out, self.raw_model, self.optimizer, self.scaler, self.it,
                    {"best_val_loss": self.best_val, "elapsed_s": elapsed}, self.dist)
 
