@@ -3,6 +3,7 @@
 # fp32 reduce against a plain bf16 run, N->M resume, a DDP state resumed sharded, compile, and a
 # 774M-shaped model. Run from the repository root: bash bench/fsdp_gpu_check.sh
 export PYTHONPATH=$PWD/src
+python() { "${PYTHON:-python3}" "$@"; }  # the GPU image has python3 only
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 python -c "import torch, safetensors, tqdm, numpy; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), 'bf16', torch.cuda.is_bf16_supported())" || exit 1
 STD=$(python -c "import sysconfig;print(sysconfig.get_paths()['stdlib'])")
