@@ -53,6 +53,8 @@ def setup_distributed(device: str, strategy: str = "ddp") -> Dist:
     d = Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)), strategy, True)
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())  # as resolve_device decides
     if not dist.is_initialized():
+        if cuda:  # NCCL binds the current device; otherwise it guesses one from the global rank
+            torch.cuda.set_device(d.local_rank)
         dist.init_process_group(backend="nccl" if cuda else "gloo")
     if dist.get_backend() != "gloo":
         d.cpu_group = dist.new_group(backend="gloo")

@@ -61,9 +61,10 @@ def resolve_device(cfg: TrainConfig, dist_: Dist) -> str:
         dev = "cuda" if torch.cuda.is_available() else "cpu"
     if dev.startswith("cuda"):
         check_device(dev)
-        if dist_.ddp:
+        if dist_.group:
             dev = f"cuda:{dist_.local_rank}"
-        torch.cuda.set_device(dev)
+        if torch.device(dev).index is not None:  # set_device("cuda") raises on torch 2.11
+            torch.cuda.set_device(dev)
     return dev
 
 
