@@ -139,6 +139,17 @@ def test_the_dcp_index_is_read_without_running_pickled_code(runs, tmp_path):
     assert not (tmp_path / "pwned").exists()
 
 
+def test_a_damaged_sharded_state_is_one_error(runs, tmp_path):
+    shutil.copytree(runs / "two" / "state" / "step-00000020" / "dcp", tmp_path / "dcp")
+    n_vocab = load_model(runs / "two").config.vocab_size
+    (tmp_path / "dcp" / "__1_0.distcp").unlink()  # rank 1's shards
+    with pytest.raises(GPT2KitError, match="cannot load the sharded state in .*; the state is corrupt or from another model"):
+        _load_dcp(tmp_path / "dcp", n_vocab)
+    (tmp_path / "dcp" / ".metadata").unlink()
+    with pytest.raises(GPT2KitError, match="has no .metadata; the state is incomplete"):
+        _load_dcp(tmp_path / "dcp", n_vocab)
+
+
 @pytest.mark.parametrize("flags, needle", [
     (["--strategy", "fsdp"], "launch with torchrun --nproc_per_node=N"),
     (["--strategy", "fsdp", "--dtype", "float16"], "use --dtype bfloat16"),

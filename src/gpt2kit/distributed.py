@@ -65,7 +65,7 @@ def shard_model(model: torch.nn.Module, device: str, dtype: torch.dtype) -> torc
     """FSDP2 in place: each Block is one all-gather unit, the root holds the rest.
 
     wte and lm_head are one Parameter (GPT-2's tie); both live in the root unit, so the tie survives
-    sharding. On CUDA the gathered weights are bf16/fp16 and gradients are reduced in fp32; on CPU
+    sharding. On CUDA with dtype bf16 the gathered weights are bf16 and gradients are reduced in fp32; on CPU
     everything stays fp32 (gloo, and autocast as with DDP).
     """
     from torch.distributed.device_mesh import init_device_mesh

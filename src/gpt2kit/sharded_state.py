@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import warnings
 
 import torch
 
@@ -48,6 +49,10 @@ def _reader(path: str):
                 except Exception as e:
                     raise GPT2KitError(f"{path}/.metadata is not a DCP index of tensors ({e}); the state is corrupt "
                                        "or was not written by gpt2kit") from None
+            if getattr(metadata, "storage_meta", None) is None:  # written by an older torch
+                from torch.distributed.checkpoint.metadata import StorageMeta
+
+                metadata.storage_meta = StorageMeta()
             metadata.storage_meta.load_id = self.load_id
             return metadata
 
@@ -89,6 +94,7 @@ def save_sharded(path: str, model, optimizer) -> None:
 def load_sharded(path: str, model, optimizer) -> None:
     """Load a state saved by save_sharded on any number of ranks into this run's model and optimizer."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
     from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
 
     if not os.path.isfile(os.path.join(path, ".metadata")):
@@ -97,10 +103,12 @@ def load_sharded(path: str, model, optimizer) -> None:
     saved_optim = any(k.startswith("optim.") for k in reader.read_metadata().state_dict_metadata)
     state, groups = _tensor_state(model, optimizer, with_optim=saved_optim)
     try:
-        dcp.load(state, storage_reader=reader, planner=_planner())
+        with warnings.catch_warnings():  # one process reading every rank's shards (a resume without torchrun) is intended
+            warnings.filterwarnings("ignore", message="torch.distributed is disabled, unavailable or uninitialized")
+            dcp.load(state, storage_reader=reader, planner=_planner())
     except GPT2KitError:
         raise
-    except Exception as e:  # a missing key, a shape from another model, a truncated shard
+    except (Exception, CheckpointException) as e:  # a missing shard or key, another model's shapes (a BaseException)
         msg = str(e).strip().splitlines()
         raise GPT2KitError(f"cannot load the sharded state in {path} ({msg[-1] if msg else type(e).__name__}); "
                            "the state is corrupt or from another model") from None
