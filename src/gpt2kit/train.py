@@ -30,6 +30,7 @@ import torch
 
 from .config import GPTConfig
 from .data import TokenData
+from .distributed import Dist, all_agree, from_master, grad_sync, setup_distributed, shard_model, wrap_ddp
 from .errors import GPT2KitError
 from .fileio import atomic_path, check_writable, read_json, write_failure, write_json_atomic
 from .loading import check_device
@@ -37,23 +38,9 @@ from .lora import adapter_state, add_lora, load_adapter_state, lora_layers, save
 from .model import GPT
 from .shards import INDEX
 from .runlog import append_line, drop_torn_tail, read_metrics, truncate_metrics
+from .sharded_state import full_state_dict, load_sharded, save_sharded, shard_optimizer_state
 from .train_config import TrainConfig, config_from_dict
 from .weights import build_model, load_model, save_model
-
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def master(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def ddp(self) -> bool:
-        return self.world > 1
 
 
 @dataclass
@@ -70,27 +57,16 @@ class TrainResult:
 
 # -- set-up --------------------------------------------------------------------------------------
 
-def setup_distributed(device: str) -> Dist:
-    """Join the process group when launched by torchrun (gloo on CPU, nccl on CUDA)."""
-    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        return Dist()
-    import torch.distributed as dist
-
-    d = Dist(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    return d
-
-
 def resolve_device(cfg: TrainConfig, dist_: Dist) -> str:
     dev = cfg.device
     if dev == "auto":
         dev = "cuda" if torch.cuda.is_available() else "cpu"
     if dev.startswith("cuda"):
         check_device(dev)
-        if dist_.ddp:
+        if dist_.group:
             dev = f"cuda:{dist_.local_rank}"
-        torch.cuda.set_device(dev)
+        if torch.device(dev).index is not None:  # set_device("cuda") raises on torch 2.11
+            torch.cuda.set_device(dev)
     return dev
 
 
@@ -153,12 +129,43 @@ def prepare_builtin(name: str, cfg: TrainConfig) -> str:
 
 # -- the state of a run ----------------------------------------------------------------
 
-def save_state(out: str, model: GPT, optimizer, scaler, it: int, extra: dict) -> None:
-    """state/step-N/{model.safetensors, optimizer.pt, state.json}, then state/LATEST -> step-N."""
-    from safetensors.torch import save_file
+@dataclass
+class SavedState:
+    """The latest complete state of a run: state.json, the RNGs, and the weights and optimizer, either
+    whole (model, optimizer: a DDP or one-process run) or as a DCP directory (sharded: an FSDP run)."""
+    meta: dict
+    rng: dict
+    model: dict[str, torch.Tensor] | None = None
+    optimizer: dict | None = None
+    sharded: str | None = None
 
+
+def save_state(out: str, model: GPT, optimizer, scaler, it: int, extra: dict, dist_: Dist | None = None) -> None:
+    """state/step-N/{model.safetensors, optimizer.pt, state.json}, then state/LATEST -> step-N.
+
+    Under FSDP every rank calls it and the weights and optimizer go to step-N/dcp/ (sharded_state.py)
+    with the RNG in rng.safetensors; rank 0 writes the rest."""
+    dist_ = dist_ or Dist()
     root = os.path.join(out, "state")
     step_dir = os.path.join(root, f"step-{it:08d}")
+    if dist_.fsdp:
+        _save_sharded_state(step_dir, model, optimizer, dist_)
+    else:
+        _save_full_state(step_dir, model, optimizer, scaler)
+    if dist_.master:
+        _commit_state(root, step_dir, it, extra)
+
+
+def _rng_state() -> dict:
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def _save_full_state(step_dir: str, model: GPT, optimizer, scaler) -> None:
+    from safetensors.torch import save_file
+
     os.makedirs(step_dir, exist_ok=True)
     if lora_layers(model):  # a LoRA run: the frozen base is init_from's, only the adapter changes
         sd = adapter_state(model)
@@ -166,11 +173,28 @@ def save_state(out: str, model: GPT, optimizer, scaler, it: int, extra: dict) ->
         sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != "lm_head.weight"}
     with atomic_path(os.path.join(step_dir, "model.safetensors")) as tmp:
         save_file(sd, tmp)
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
     with atomic_path(os.path.join(step_dir, "optimizer.pt")) as tmp:
-        torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rng}, tmp)
+        torch.save({"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state()}, tmp)
+
+
+def _save_sharded_state(step_dir: str, model: GPT, optimizer, dist_: Dist) -> None:
+    from safetensors.torch import save_file
+
+    dcp_dir = os.path.join(step_dir, "dcp")
+    if dist_.master:
+        shutil.rmtree(dcp_dir, ignore_errors=True)  # a save of this iteration killed half-way
+        os.makedirs(step_dir, exist_ok=True)
+    torch.distributed.barrier()
+    save_sharded(dcp_dir, model, optimizer)
+    if dist_.master:
+        rng = _rng_state()
+        flat = {"torch": rng["torch"], **{f"cuda.{i}": t for i, t in enumerate(rng.get("cuda", []))}}
+        with atomic_path(os.path.join(step_dir, "rng.safetensors")) as tmp:
+            save_file(flat, tmp)
+
+
+def _commit_state(root: str, step_dir: str, it: int, extra: dict) -> None:
+    """state.json, then LATEST -> step_dir (the state is complete from here on), then older states go."""
     py_state = random.getstate()
     write_json_atomic(os.path.join(step_dir, "state.json"), {
         "iter": it, "python_rng": [py_state[0], list(py_state[1]), py_state[2]],
@@ -182,8 +206,8 @@ def save_state(out: str, model: GPT, optimizer, scaler, it: int, extra: dict) ->
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
-def load_state(out: str) -> tuple[dict, dict, dict]:
-    """(state.json, optimizer.pt contents, model state dict) of the latest complete state."""
+def load_state(out: str) -> SavedState:
+    """The latest complete state of the run in out."""
     from .weights import read_safetensors
 
     latest = os.path.join(out, "state", "LATEST")
@@ -197,11 +221,24 @@ def load_state(out: str) -> tuple[dict, dict, dict]:
     missing = sorted(STATE_KEYS - set(state)) if isinstance(state, dict) else sorted(STATE_KEYS)
     if missing:
         raise GPT2KitError(f"{step_dir}/state.json lacks {', '.join(missing)}; the state is corrupt and cannot be resumed")
+    if os.path.isdir(os.path.join(step_dir, "dcp")):
+        flat = _read_rng(os.path.join(step_dir, "rng.safetensors"))
+        rng = {"torch": flat["torch"], "cuda": [flat[f"cuda.{i}"] for i in range(len(flat) - 1)]}
+        return SavedState(state, rng, sharded=os.path.join(step_dir, "dcp"))
     try:
         opt = torch.load(os.path.join(step_dir, "optimizer.pt"), map_location="cpu", weights_only=True)
     except Exception as e:
         raise GPT2KitError(f"cannot read {step_dir}/optimizer.pt ({str(e).splitlines()[0]}); the state is corrupt") from None
-    return state, opt, read_safetensors(os.path.join(step_dir, "model.safetensors"))
+    return SavedState(state, opt["rng"], read_safetensors(os.path.join(step_dir, "model.safetensors")), opt)
+
+
+def _read_rng(path: str) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except Exception as e:  # missing, truncated
+        raise GPT2KitError(f"cannot read {path} ({str(e).splitlines()[0] if str(e) else type(e).__name__}); the state is corrupt") from None
 
 
 STATE_KEYS = {"iter", "python_rng", "numpy_rng", "best_val_loss", "elapsed_s"}
@@ -253,6 +290,7 @@ class Trainer:
         self.dist = Dist()
         self.logf = self.writer = self.bar = None
         self.it, self.best_val, self.t_start = 0, float("inf"), 0.0
+        self.saved_it = -1  # the iteration of the state on disk
         self.last = {"train": float("nan"), "val": float("nan")}
         self.train_losses: list[tuple[int, float]] = []
         self._eval_batches: list | None = None
@@ -276,7 +314,7 @@ class Trainer:
     def setup(self) -> None:
         cfg = self.cfg
         _check_out_is_dir(cfg.out)
-        self.dist = setup_distributed(cfg.device)
+        self.dist = setup_distributed(cfg.device, cfg.strategy)
         self.device = resolve_device(cfg, self.dist)
         self.dtype = resolve_dtype(cfg, self.device)
         if cfg.threads:
@@ -287,11 +325,13 @@ class Trainer:
         self.data = TokenData(self.load_data_dir())
         self.tokenizer = self.data.tokenizer()
         state = load_state(cfg.out) if self.resuming else None
-        if state is not None and state[0]["iter"] >= cfg.max_iters:
-            raise GPT2KitError(f"{cfg.out} is already done: it reached iter {state[0]['iter']} of max_iters={cfg.max_iters}; "
+        if state is not None and state.meta["iter"] >= cfg.max_iters:
+            raise GPT2KitError(f"{cfg.out} is already done: it reached iter {state.meta['iter']} of max_iters={cfg.max_iters}; "
                                "resume with a larger max_iters to train further")
         self.raw_model = self.build_model(state)
         _check_disk(cfg.out, self.raw_model.num_params(non_embedding=False), self.dist)
+        if self.dist.fsdp:  # in place, before the optimizer: it steps the shards
+            shard_model(self.raw_model, self.device, self.dtype)
         self.optimizer = configure_optimizer(self.raw_model, cfg, self.device)
         self.scaler = torch.amp.GradScaler(self.device.split(":")[0], enabled=(self.dtype == torch.float16))
         if state is not None:
@@ -316,20 +356,21 @@ class Trainer:
             torch.distributed.barrier()
         return data_dir
 
-    def build_model(self, state) -> GPT:
+    def build_model(self, state: SavedState | None) -> GPT:
         cfg, spec = self.cfg, self.cfg.lora_spec()
         if state is None or spec is not None:  # a LoRA run re-reads its frozen base; its state holds the adapter
             if state is None:
                 _check_memory(cfg, self.data.n_vocab)
             model = init_model(cfg, self.data.n_vocab)
         else:
-            model = build_model(_saved_model_config(cfg.out), state[2])
+            config = _saved_model_config(cfg.out)  # a sharded state's weights load after sharding (restore)
+            model = GPT(config) if state.model is None else build_model(config, state.model)
             if model.config.vocab_size != self.data.n_vocab:
                 raise GPT2KitError(f"the run in {cfg.out} has a vocabulary of {model.config.vocab_size} but {cfg.data} has {self.data.n_vocab}; resume with its own data")
         if spec is not None:
             add_lora(model, spec, seed=cfg.seed)
             if state is not None:
-                load_adapter_state(model, state[2], os.path.join(cfg.out, "state"))
+                load_adapter_state(model, state.model, os.path.join(cfg.out, "state"))
         set_dropout(model, cfg.dropout)
         self.data.check_block_size(model.config.block_size)
         return model.to(self.device).train()
@@ -339,26 +380,29 @@ class Trainer:
         np.random.seed(self.cfg.seed)
         torch.manual_seed(self.cfg.seed + self.dist.rank)  # dropout masks differ per rank
 
-    def restore(self, state) -> None:
+    def restore(self, state: SavedState) -> None:
         """Optimizer, scaler, RNGs and counters of the saved state: the run continues bit-identically."""
-        meta, opt_state, _ = state
-        self.optimizer.load_state_dict(opt_state["optimizer"])
-        self.scaler.load_state_dict(opt_state["scaler"])
-        torch.set_rng_state(opt_state["rng"]["torch"])
-        if "cuda" in opt_state["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(opt_state["rng"]["cuda"])
+        meta = state.meta
+        if state.sharded:  # weights too: re-sliced to this run's ranks
+            load_sharded(state.sharded, self.raw_model, self.optimizer)
+        else:
+            opt = state.optimizer["optimizer"]  # a DDP run's whole moments: sliced when this run shards
+            self.optimizer.load_state_dict(shard_optimizer_state(opt, self.optimizer) if self.dist.fsdp else opt)
+            self.scaler.load_state_dict(state.optimizer["scaler"])
+        torch.set_rng_state(state.rng["torch"])
+        if state.rng.get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state.rng["cuda"])
         random.setstate((meta["python_rng"][0], tuple(meta["python_rng"][1]), meta["python_rng"][2]))
         np.random.set_state(_np_state_from_json(meta["numpy_rng"]))
         self.it, self.best_val = meta["iter"], meta["best_val_loss"]
+        self.saved_it = self.it
         self.t_start = -meta["elapsed_s"]  # made absolute when the loop starts
 
     def wrap(self, model: GPT):
         if self.cfg.compile:
             model = torch.compile(model)
-        if self.dist.ddp:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            model = DDP(model, device_ids=[self.dist.local_rank] if self.device.startswith("cuda") else None)
+        if self.dist.ddp and not self.dist.fsdp:
+            model = wrap_ddp(model, self.dist, self.device)
         return model
 
     def open_logs(self, torn_ok: bool) -> None:
@@ -374,8 +418,9 @@ class Trainer:
         self.writer = _tensorboard(cfg)
         self.logf = open(os.path.join(out, "train.log"), "a", encoding="utf-8")
         if not self.resuming:
+            procs = f" | {self.dist.strategy.upper()} x{self.dist.world}" if self.dist.group else ""
             self.log(f"model: {self.raw_model.num_params() / 1e6:.2f}M parameters | {self.tokens_per_iter} tokens/iter | "
-                     f"device {self.device} {str(self.dtype).replace('torch.', '')}" + (f" | DDP x{self.dist.world}" if self.dist.ddp else ""))
+                     f"device {self.device} {str(self.dtype).replace('torch.', '')}{procs}")
             if cfg.lora_rank:
                 n, total = trainable_params(self.raw_model), self.raw_model.num_params(non_embedding=False)
                 self.log(f"LoRA r={cfg.lora_rank} on {cfg.lora_targets}: trainable params {n:,} of {total:,} ({100 * n / total:.4f}%)")
@@ -393,9 +438,10 @@ class Trainer:
             lr = lr_at(self.it, cfg)
             for g in self.optimizer.param_groups:
                 g["lr"] = lr
-            if (self.it % cfg.eval_interval == 0 or self.it == cfg.max_iters) and not skip_eval and self.dist.master:
+            if (self.it % cfg.eval_interval == 0 or self.it == cfg.max_iters) and not skip_eval and self.saves:
                 self.evaluate_and_save(lr)
             skip_eval = False
+            stop.set = all_agree(stop.set, self.dist)  # every rank stops after the same step
             if self.it >= cfg.max_iters or stop.set:
                 break
             self.step(lr)
@@ -408,8 +454,7 @@ class Trainer:
             m = micro * dist_.world + dist_.rank  # this rank's share of the global micro-steps
             x, y = self.data.batch("train", cfg.batch_size, T, (cfg.seed, self.it, m))
             x, y = torch.from_numpy(x).to(self.device, non_blocking=True), torch.from_numpy(y).to(self.device, non_blocking=True)
-            sync = contextlib.nullcontext() if not dist_.ddp or micro == self.local_accum - 1 else self.model.no_sync()
-            with sync:
+            with grad_sync(self.model, self.raw_model, dist_, last=micro == self.local_accum - 1):
                 with autocast(self.device, self.dtype):
                     _, loss = self.model(x, y)
                     loss = loss / self.local_accum
@@ -438,13 +483,28 @@ class Trainer:
         if self.writer:
             self.writer.add_scalar("train/loss_iter", lossf, self.it)
 
+    @property
+    def saves(self) -> bool:
+        """This rank evaluates and saves: rank 0, or every rank of a sharded model (it takes them all)."""
+        return self.dist.master or self.dist.fsdp
+
     def evaluate_and_save(self, lr: float) -> None:
         """Eval both splits, log a metrics record, save the checkpoint if better and the state always."""
         cfg, it = self.cfg, self.it
         self.last = self.estimate_loss()
+        if self.dist.fsdp:  # every rank evaluated; rank 0's numbers decide the save for all
+            self.last = dict(zip(self.last, from_master(list(self.last.values()), self.dist)))
         elapsed = time.perf_counter() - self.t_start
         improved = self.last["val"] < self.best_val
         self.best_val = min(self.best_val, self.last["val"])
+        if self.dist.master:
+            self.record_eval(lr, elapsed)
+        if improved or cfg.always_save_checkpoint:
+            self.save_checkpoint({"iter": it, "val_loss": self.last["val"], "train_config": cfg.to_dict()})
+        self.save_state(elapsed)
+
+    def record_eval(self, lr: float, elapsed: float) -> None:
+        cfg, it = self.cfg, self.it
         rec = json.dumps({"step": it, "train_loss": self.last["train"], "val_loss": self.last["val"], "lr": lr,
                           "tokens_per_s": it * self.tokens_per_iter / max(elapsed, 1e-9), "elapsed_s": elapsed})
         append_line(os.path.join(cfg.out, "metrics.jsonl"), rec)
@@ -454,22 +514,30 @@ class Trainer:
         self.logf.flush()
         if self.writer:
             self.writer.add_scalars("loss", {"train": self.last["train"], "val": self.last["val"]}, it)
-        if improved or cfg.always_save_checkpoint:
-            self.save_checkpoint()
-        self.save_state(elapsed)
 
-    def save_checkpoint(self) -> None:
-        """The run's model: a checkpoint dir, or for a LoRA run the adapter in peft's format."""
-        cfg = self.cfg
-        meta = {"iter": self.it, "val_loss": self.last["val"], "train_config": cfg.to_dict()}
-        if cfg.lora_rank:
-            save_adapter(self.raw_model, cfg.out, cfg.lora_spec(), meta=meta)
-        else:
-            save_model(self.raw_model, cfg.out, tokenizer=self.tokenizer, meta=meta)
+    def save_checkpoint(self, meta: dict) -> None:
+        """The loadable model dir (weights.save_model), or for a LoRA run the adapter in peft's format;
+        a sharded model is first gathered on rank 0."""
+        model = self.raw_model
+        if self.cfg.lora_rank:
+            if self.dist.master:
+                save_adapter(model, self.cfg.out, self.cfg.lora_spec(), meta=meta)
+            return
+        if self.dist.fsdp:
+            sd = full_state_dict(model)  # every rank takes part
+            model = build_model(model.config, sd, source="the gathered model") if self.dist.master else None
+        if self.dist.master:
+            save_model(model, self.cfg.out, tokenizer=self.tokenizer, meta=meta)
 
-    @torch.inference_mode()  # ~5% faster than no_grad on CPU; eval tensors never meet autograd
     def estimate_loss(self) -> dict[str, float]:
-        """Mean loss over eval_iters fixed batches per split; the batches are drawn once and reused."""
+        """Mean loss over eval_iters fixed batches per split; the batches are drawn once and reused.
+
+        inference_mode is ~5% faster than no_grad on CPU, but FSDP's gathered weights made under it
+        would be inference tensors that the next training step cannot overwrite."""
+        with torch.no_grad() if self.dist.fsdp else torch.inference_mode():
+            return self._estimate_loss()
+
+    def _estimate_loss(self) -> dict[str, float]:
         cfg = self.cfg
         batches = self._eval_batches or [[self.eval_batch(s, k) for k in range(cfg.eval_iters)] for s in (0, 1)]
         if 2 * batches[0][0][0].nbytes * 2 * cfg.eval_iters <= EVAL_CACHE_BYTES:
@@ -492,8 +560,11 @@ class Trainer:
         return torch.from_numpy(x).to(self.device), torch.from_numpy(y).to(self.device)
 
     def save_state(self, elapsed: float) -> None:
+        if self.it == self.saved_it:  # a stop right after a resume: the state on disk is this one (not rewritten in place)
+            return
+        self.saved_it = self.it
         save_state(self.cfg.out, self.raw_model, self.optimizer, self.scaler, self.it,
-                   {"best_val_loss": self.best_val, "elapsed_s": elapsed})
+                   {"best_val_loss": self.best_val, "elapsed_s": elapsed}, self.dist)
 
     # -- the end ---------------------------------------------------------------------------------
 
@@ -501,8 +572,9 @@ class Trainer:
         cfg, master = self.cfg, self.dist.master
         self.bar.close()
         elapsed = time.perf_counter() - self.t_start
-        if stopped and master and self.it < cfg.max_iters:
+        if stopped and self.saves and self.it < cfg.max_iters:
             self.save_state(elapsed)
+        if stopped and master and self.it < cfg.max_iters:
             self.log(f"stopped at iter {self.it}; state saved. Continue with: gpt2kit train --resume {cfg.out}")
         if master and cfg.plot:
             if importlib.util.find_spec("matplotlib") is None:  # the [plot] extra is optional
@@ -526,7 +598,7 @@ class Trainer:
             self.logf.close()
         if self.writer is not None:
             self.writer.close()
-        if self.dist.ddp and torch.distributed.is_initialized():
+        if self.dist.group and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
 

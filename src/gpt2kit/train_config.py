@@ -63,6 +63,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto (bf16 on CUDA if supported, else fp32) | float32 | bfloat16 | float16
     compile: bool = False
+    strategy: str = "ddp"  # under torchrun: ddp (a whole model per process) | fsdp (sharded, FSDP2)
     seed: int = 1337
     threads: int = 0  # torch CPU threads; 0 = torch's default
     progress: bool = True
@@ -101,6 +102,18 @@ class TrainConfig:
             raise GPT2KitError(f"seed must be in [0, 2**32), got {self.seed}")
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", self.device):
             raise GPT2KitError(f"device must be auto, cpu, cuda, cuda:N or mps, got {self.device!r}")
+        self._check_strategy()
+
+    def _check_strategy(self) -> None:
+        if self.strategy not in ("ddp", "fsdp"):
+            raise GPT2KitError(f"strategy must be ddp or fsdp, got {self.strategy!r}")
+        if self.strategy == "fsdp" and self.dtype == "float16":
+            raise GPT2KitError("strategy='fsdp' trains in bfloat16 or float32 (float16 would need a loss scaler over "
+                               "sharded gradients); use dtype='bfloat16'")
+        if self.strategy == "fsdp" and self.lora_rank:
+            raise GPT2KitError("strategy='fsdp' shards full weights; a LoRA run (lora_rank > 0) trains small adapters: use strategy='ddp'")
+        if self.strategy == "fsdp" and self.device == "mps":
+            raise GPT2KitError("strategy='fsdp' runs on cuda (nccl) or cpu (gloo); use device='cuda' or device='cpu'")
 
     def _check_lora(self) -> None:
         if self.lora_rank < 0:

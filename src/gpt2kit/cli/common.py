@@ -12,6 +12,7 @@ from . import types as T
 # Library messages name parameters (`dtype='bfloat16'`); printed by the CLI they name flags.
 PARAM_FLAGS = {
     "tokenizer": "--tokenizer", "dtype": "--dtype", "device": "--device", "backend": "--backend",
+    "strategy": "--strategy",
     "allowed_special": "--allow-special", "trust_pickle": "--trust-pickle", "data": "--data",
     "digits": "--digits", "field": "--field", "block_size": "--block-size", "max_new_tokens": "--max-new-tokens",
     "tensorboard": "--tensorboard", "adapter": "--adapter",

@@ -7,9 +7,9 @@ import argparse
 def register(sub) -> None:
     from gpt2kit.train_config import FIELDS
 
-    p = sub.add_parser("train", help="train or finetune a GPT (resumable; DDP under torchrun)",
+    p = sub.add_parser("train", help="train or finetune a GPT (resumable; DDP or FSDP under torchrun)",
                        description="Train a GPT. Values come from the field defaults, then --preset, then --config, "
-                                   "then flags. Under torchrun it trains with DDP (gloo on CPU, nccl on CUDA).")
+                                   "then flags. Under torchrun it trains with DDP, or with --strategy fsdp sharded (FSDP2); gloo on CPU, nccl on CUDA.")
     p.add_argument("--preset", default=None, help="a preset shipped with gpt2kit (quickstart, shakespeare-char, shakespeare-char-gpu, finetune-shakespeare, gpt2-124M, ...)")
     p.add_argument("--config", default=None, help="a TOML or JSON file of config fields")
     p.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR from its latest state (flags override its config)")
