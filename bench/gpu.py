@@ -2,7 +2,7 @@
 
 - GPT-2 124M training at block 1024: bf16 autocast, flash SDPA, fused AdamW, torch.compile;
   tokens/s and MFU (6N + 12 L T d flops per token, vs the GPU's dense bf16 peak).
-- Decode tokens/s at batch 1 and 32 (static KV cache), eager and compiled-free.
+- Decode tokens/s at batch 1 and 32 through gpt2kit.generate (the inference engine, paged KV cache), eager.
 
     python bench/gpu.py [--steps 30] [--batch 16] [--no-compile]
 """
@@ -76,6 +76,8 @@ def main() -> None:
         print(f"decode fp32 batch {batch}: {batch * 128 / (time.perf_counter() - t):,.0f} tokens/s")
     model.to(torch.bfloat16)
     for batch in (1, 32):
+        list(gpt2kit.generate(model, list(range(32)), 8, temperature=0, num_samples=batch))  # warm-up: bf16 kernels load
+        torch.cuda.synchronize()
         t = time.perf_counter()
         list(gpt2kit.generate(model, list(range(32)), 128, temperature=0, num_samples=batch))
         torch.cuda.synchronize()
