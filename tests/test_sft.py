@@ -92,6 +92,20 @@ def test_sft_resume_is_bit_identical(tmp_path):
     assert a == b
 
 
+def test_sft_from_a_gpt2_model_trains_on_its_tokens_and_saves_the_template(tiny_checkpoint, tmp_path):
+    from gpt2kit.tokenization import load_tokenizer
+
+    path = _write(tmp_path / "c.jsonl", chat_data.conversations(20, seed=2))
+    out = tmp_path / "ft"
+    r = run_cli("train", "--sft", "--data", str(path), "--init-from", str(tiny_checkpoint), "--out", str(out),
+                "--max-iters", "2", "--eval-interval", "2", "--batch-size", "2", "--eval-iters", "1", "--device", "cpu",
+                "--no-progress", "--no-plot", "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    tok = load_tokenizer(out)
+    assert tok.n_vocab == 50257 and tok.chat_template == SFT_TEMPLATE  # `gpt2kit chat`/serve render what it trained on
+    assert (out / "tokenizer" / "chat_template.jinja").read_text() == SFT_TEMPLATE
+
+
 # -- bad input --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("line, needle", [
@@ -226,7 +240,7 @@ def test_sft_model_answers_held_out_questions_in_chat_and_the_server(tmp_path):
     s = Server("--model", str(tmp_path / "run"), "--no-page", "--threads", "1")
     try:
         client = openai.OpenAI(base_url=s.url + "/v1", api_key="none", max_retries=0)
-        served = [client.chat.completions.create(model="m", messages=[{"role": "user", "content": q}], temperature=0,
+        served = [client.chat.completions.create(model="run", messages=[{"role": "user", "content": q}], temperature=0,
                                                  max_tokens=20).choices[0].message.content for q, _ in held]
     finally:
         s.close()
