@@ -33,7 +33,7 @@ def verse_lines(text: str) -> list[str]:
     return out
 
 
-SEPARATOR = re.compile(r"^\s*(%|=+ SAMPLE \d+ =+)\s*$", re.M)
+SEPARATOR = re.compile(r"^\s*(%|=+ SAMPLE \d+ =+)\s*$", re.MULTILINE)
 
 
 def poems(text: str) -> list[list[str]]:

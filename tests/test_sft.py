@@ -6,12 +6,10 @@ import re
 
 import numpy as np
 import pytest
-import torch
 from conftest import assert_one_line_error, run_cli
 
-from gpt2kit.chat_template import ChatTemplate, assistant_token_mask, template_for
+from gpt2kit.chat_template import assistant_token_mask, template_for
 from gpt2kit.demos import chat_data
-from gpt2kit.errors import GPT2KitError
 from gpt2kit.sft import SFT_TEMPLATE, SFTData, sft_tokenizer
 from gpt2kit.tokenization import CharTokenizer, get_tokenizer
 
@@ -82,8 +80,9 @@ def test_sft_resume_is_bit_identical(tmp_path):
     from gpt2kit.train_config import make_config
 
     path = _write(tmp_path / "c.jsonl", chat_data.conversations(60, seed=1))
-    flags = dict(sft=True, data=str(path), n_layer=2, n_head=2, n_embd=32, block_size=128, batch_size=4, eval_iters=2,
-                 eval_interval=5, lr_decay_iters=10, device="cpu", progress=False, plot=False, threads=1)
+    flags = {"sft": True, "data": str(path), "n_layer": 2, "n_head": 2, "n_embd": 32, "block_size": 128, "batch_size": 4,
+             "eval_iters": 2, "eval_interval": 5, "lr_decay_iters": 10, "device": "cpu", "progress": False, "plot": False,
+             "threads": 1}
     train(make_config(None, None, {**flags, "out": str(tmp_path / "a"), "max_iters": 10}), log=lambda *a: None)
     train(make_config(None, None, {**flags, "out": str(tmp_path / "b"), "max_iters": 5}), log=lambda *a: None)
     resume(str(tmp_path / "b"), max_iters=10, log=lambda *a: None)

@@ -83,7 +83,5 @@ def write_jsonl(path: str, convs: list[dict]) -> None:
 
 
 def _write(path: str, convs: list[dict]) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for c in convs:
-                f.write(json.dumps(c) + "\n")
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(c) + "\n" for c in convs)
