@@ -83,7 +83,9 @@ def main(argv: list[str]) -> int:
               f"({m['share_lines']:.1%}); clauses of 5 or 7: {m['share_clauses']:.1%} of {m['clauses']}; "
               f"first-clause lengths (length, count): {m['first_clause_lengths']}")
         k, n = regular(text)
-        print(f"  poems whose verse lines all have one length: {k}/{n} ({k / max(n, 1):.1%}) of the poems with 2+ verse lines")
+        ps = poems(text)
+        print(f"  poems whose verse lines all have one length: {k}/{n} ({k / max(n, 1):.1%}) of the poems with 2+ verse lines; "
+              f"verse lines per poem: {sum(map(len, ps)) / max(len(ps), 1):.2f} over {len(ps)} poems")
         if corpus:
             k, n = copied(text, corpus)
             print(f"  clauses of 4+ characters copied verbatim from the corpus: {k}/{n} ({k / max(n, 1):.1%})")
