@@ -3,6 +3,9 @@
 A verse line is a line with CJK text that ends in punctuation, minus titles (《...》), author
 lines (作者) and sample separators. Its first clause is the characters before the first
 punctuation mark; the line is "in meter" when that clause has 5 or 7 characters (五言/七言).
+A poem is the text between separator lines (`%` in the corpus files, `=== SAMPLE n ===` in
+`gpt2kit generate --num-samples` output); it is "regular" when it has 2+ verse lines and all of
+them have the same length (律诗/绝句 keep one line length throughout).
 
     gpt2kit generate "《春望》" --model runs/poems --top-k 8 --num-samples 20 --seed 1 | python bench/poem_meter.py
     python bench/poem_meter.py ../shared/data/zh/tang300.txt          # the same measure on the training poems
@@ -28,6 +31,20 @@ def verse_lines(text: str) -> list[str]:
         if CJK.search(line) and line[-1] in PUNCT:
             out.append(line)
     return out
+
+
+SEPARATOR = re.compile(r"^\s*(%|=+ SAMPLE \d+ =+)\s*$", re.MULTILINE)
+
+
+def poems(text: str) -> list[list[str]]:
+    """The verse lines of each poem (text between separator lines) that has any."""
+    return [lines for part in SEPARATOR.split(text) if (lines := verse_lines(part))]
+
+
+def regular(text: str) -> tuple[int, int]:
+    """(poems of 2+ verse lines whose lines all have one length, poems of 2+ verse lines)."""
+    ps = [p for p in poems(text) if len(p) >= 2]
+    return sum(len({len(line) for line in p}) == 1 for p in ps), len(ps)
 
 
 def meter(text: str) -> dict:
@@ -65,6 +82,10 @@ def main(argv: list[str]) -> int:
         print(f"{name}: {m['lines_5_or_7']}/{m['lines']} verse lines have 5 or 7 characters before the first punctuation "
               f"({m['share_lines']:.1%}); clauses of 5 or 7: {m['share_clauses']:.1%} of {m['clauses']}; "
               f"first-clause lengths (length, count): {m['first_clause_lengths']}")
+        k, n = regular(text)
+        ps = poems(text)
+        print(f"  poems whose verse lines all have one length: {k}/{n} ({k / max(n, 1):.1%}) of the poems with 2+ verse lines; "
+              f"verse lines per poem: {sum(map(len, ps)) / max(len(ps), 1):.2f} over {len(ps)} poems")
         if corpus:
             k, n = copied(text, corpus)
             print(f"  clauses of 4+ characters copied verbatim from the corpus: {k}/{n} ({k / max(n, 1):.1%})")

@@ -322,7 +322,7 @@ class Trainer:
         if cfg.grad_accum % self.dist.world:
             raise GPT2KitError(f"grad_accum ({cfg.grad_accum}) must be divisible by the number of processes ({self.dist.world})")
         self.local_accum = cfg.grad_accum // self.dist.world
-        self.data = TokenData(self.load_data_dir())
+        self.data = self.load_data()
         self.tokenizer = self.data.tokenizer()
         state = load_state(cfg.out) if self.resuming else None
         if state is not None and state.meta["iter"] >= cfg.max_iters:
@@ -342,6 +342,13 @@ class Trainer:
         self.tokens_per_iter = cfg.grad_accum * cfg.batch_size * self.raw_model.config.block_size
         if self.dist.master:
             self.open_logs(torn_ok=state is not None)
+
+    def load_data(self):
+        if self.cfg.sft:  # a JSONL file of conversations, loss on the assistant's tokens (gpt2kit.sft)
+            from .sft import SFTData, sft_tokenizer
+
+            return SFTData(self.cfg.data, sft_tokenizer(self.cfg.data, self.cfg.tokenizer, self.cfg.init_from))
+        return TokenData(self.load_data_dir())
 
     def load_data_dir(self) -> str:
         cfg = self.cfg

@@ -23,6 +23,7 @@ class TrainConfig:
     out: str = "runs/default"  # run dir: checkpoint (config.json, model.safetensors, tokenizer/), state, logs
     tokenizer: str = "char"  # used when `data` is a built-in corpus that is prepared on the fly
     init_from: str = "scratch"  # scratch | gpt2 | gpt2-medium | ... | a model dir (finetune)
+    sft: bool = False  # data is a JSONL file of {"messages": [...]} chats; loss on assistant tokens (gpt2kit.sft)
     # model (ignored when init_from is a pretrained model, except dropout and a smaller block_size)
     n_layer: int = 12
     n_head: int = 12

@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # verb modules, in --help order
-VERB_MODULES = ["generate", "download", "prepare", "train", "serve", "convert", "merge", "export", "eval", "demo", "tokenizer", "tokenize"]
+VERB_MODULES = ["generate", "chat", "download", "prepare", "train", "serve", "convert", "merge", "export", "eval", "demo", "tokenizer", "tokenize"]
 
 
 class _Parser(argparse.ArgumentParser):

@@ -35,6 +35,15 @@ def register(sub) -> None:
     a.add_argument("--threads", type=T.positive_int, default=1, help="torch CPU threads (default: 1; the model is tiny)")
     a.set_defaults(func=cmd_addition)
 
+    c = demos.add_parser("chat-data", help="write synthetic arithmetic conversations (JSONL of {\"messages\": [...]}) for `train --sft`",
+                         description="Arithmetic questions and answers in OpenAI's messages format, deterministic by --seed. "
+                                     "A fixed tenth of the questions is never asked (see gpt2kit.demos.chat_data.held_out).")
+    c.add_argument("--out", required=True, help="the JSONL file to write")
+    c.add_argument("--n", type=T.positive_int, default=2000, help="conversations (default: 2000)")
+    c.add_argument("--seed", type=T.nonneg_int, default=0, help="random seed (default: 0)")
+    c.add_argument("--max-operand", type=T.positive_int, default=9, help="operands are 0..this (default: 9)")
+    c.set_defaults(func=cmd_chat_data)
+
 
 def cmd_babygpt(args) -> int:
     from gpt2kit.demos import babygpt
@@ -55,4 +64,18 @@ def cmd_addition(args) -> int:
 
     addition.main(digits=args.digits, steps=args.steps, batch_size=args.batch_size, lr=args.lr, test_size=args.test_size,
                   max_seconds=args.max_seconds, seed=args.seed, examples=args.examples, threads=args.threads)
+    return 0
+
+
+def cmd_chat_data(args) -> int:
+    from gpt2kit.demos import chat_data
+
+    from .common import check_out_file
+
+    check_out_file(args.out)
+    convs = chat_data.conversations(args.n, seed=args.seed, max_operand=args.max_operand)
+    chat_data.write_jsonl(args.out, convs)
+    turns = sum(m["role"] == "assistant" for c in convs for m in c["messages"])
+    print(f"wrote {args.out}: {len(convs)} conversations, {turns} question turns "
+          f"({len(chat_data.held_out(args.max_operand))} questions held out)")
     return 0
