@@ -33,15 +33,21 @@ def main() -> None:
         with torch.inference_mode():
             hf(idx, use_cache=True)
 
-    def run_ours():  # what generate() does: fill a KV cache, logits for the last position only
-        with torch.inference_mode():
-            ours(idx, cache=ours.new_cache(1, args.tokens), last_only=True)
+    from gpt2kit.inference.engine import Engine
+    from gpt2kit.sampling_params import SamplingParams
+
+    ids = idx[0].tolist()
+
+    def run_ours():  # what generate() does: one engine step fills the paged KV cache, logits for the last position only
+        engine = Engine(ours, max_rows=1, max_step_tokens=args.tokens)
+        engine.add(ids, SamplingParams(temperature=0), max_tokens=1)
+        engine.step()
 
     def run_ours_full():  # all 1024 positions' logits, as HF returns them
         with torch.inference_mode():
             ours(idx)
 
-    t = alternate({"HF forward (use_cache)": run_hf, "gpt2kit prefill (cache, last logits)": run_ours,
+    t = alternate({"HF forward (use_cache)": run_hf, "gpt2kit prefill (engine step, last logits)": run_ours,
                    "gpt2kit forward (all logits)": run_ours_full}, repeat=args.repeat)
     base = args.tokens / t["HF forward (use_cache)"]
     print(machine())

@@ -15,18 +15,18 @@ from common import machine, peak_rss_mb, table  # noqa: E402
 
 
 def decode_ms_per_token(model, ctx: int, steps: int = 32) -> float:
-    """Fill the cache to `ctx`, then time `steps` single-token forwards."""
-    with torch.inference_mode():
-        cache = model.new_cache(1, ctx + steps)
-        model(torch.randint(0, 50257, (1, ctx)), cache=cache, last_only=True)
-        tok = torch.tensor([[1]])
-        for _ in range(3):  # warm-up at this length
-            model(tok, cache=cache)
-        cache.pos = ctx
-        t = time.perf_counter()
-        for _ in range(steps):
-            model(tok, cache=cache)
-        return (time.perf_counter() - t) / steps * 1000
+    """Prefill `ctx` tokens in the engine (paged KV cache), then time `steps` decode steps of one row."""
+    from gpt2kit.inference.engine import Engine
+    from gpt2kit.sampling_params import SamplingParams
+
+    engine = Engine(model, max_rows=1, max_step_tokens=ctx)
+    engine.add(torch.randint(0, 50257, (ctx,)).tolist(), SamplingParams(temperature=0), max_tokens=steps + 4)
+    for _ in range(4):  # the prefill, then warm-up at this length
+        engine.step()
+    t = time.perf_counter()
+    for _ in range(steps):
+        engine.step()
+    return (time.perf_counter() - t) / steps * 1000
 
 
 def train_tokens_per_s(n_layer: int, n_embd: int, n_head: int, iters: int = 10) -> tuple[float, float]:

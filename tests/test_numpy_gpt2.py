@@ -90,13 +90,7 @@ def test_kv_cache_logits_match_torch(pair):
     cache = ng.KVCache(cfg, T)
     steps = [ng.gpt2(ids[:P], *npm, cache=cache)] + [ng.gpt2(ids[t : t + 1], *npm, cache=cache) for t in range(P, T)]
     assert cache.pos == T
-    assert np.abs(np.concatenate(steps) - ref).max() < 1e-4
-    # and against the torch model's own cached decode
-    tc = model.new_cache(1, T)
-    with torch.no_grad():
-        tsteps = [model(torch.from_numpy(ids[:P])[None], cache=tc)[0][0]]
-        tsteps += [model(torch.from_numpy(ids[t : t + 1])[None], cache=tc)[0][0] for t in range(P, T)]
-    assert np.abs(np.concatenate(steps) - torch.cat(tsteps).numpy()).max() < 1e-4
+    assert np.abs(np.concatenate(steps) - ref).max() < 1e-4  # (the torch engine's cache: tests/test_engine.py)
 
 
 def test_greedy_tokens_match_torch_over_30_steps(pair):

@@ -19,6 +19,15 @@ EXAMPLES = [
 ]
 
 
+def fit_to_context(body: dict, limits: ServerLimits) -> dict:
+    """The slider's max_tokens, lowered to what the context leaves after the prompt (the API would refuse more)."""
+    try:
+        n = len(limits.tokenizer.encode(body["prompt"], allowed_special="all"))
+    except Exception:  # parse_completion reports a bad prompt with its own message
+        return body
+    return {**body, "max_tokens": max(1, min(body["max_tokens"], limits.block_size - n))}
+
+
 def build_page(engine: Engine, limits: ServerLimits):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no calls home: the page works offline
     import gradio as gr
@@ -27,7 +36,7 @@ def build_page(engine: Engine, limits: ServerLimits):
         body = {"prompt": prompt, "temperature": float(temperature), "top_k": int(top_k) or None,
                 "top_p": float(top_p), "max_tokens": int(max_tokens)}
         try:
-            req = await asyncio.to_thread(parse_completion, body, limits)
+            req = await asyncio.to_thread(lambda: parse_completion(fit_to_context(body, limits), limits))
             gen = engine.submit(req.job)
         except ApiError as e:
             raise gr.Error(e.message) from None
