@@ -77,16 +77,6 @@ def _last_positive(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x > 0, ar, -1).max(dim=-1).values
 
 
-def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One index per row of probs (B, N), by inverse CDF from one uniform per row.
-
-    torch.multinomial draws an exponential variate per vocabulary entry (50k per row);
-    one uniform and a two-level search cost far less and sample the same distribution.
-    """
-    u = torch.rand(probs.shape[0], generator=generator, device=probs.device, dtype=probs.dtype)  # (B,)
-    return inverse_cdf(probs, u)
-
-
 def greedy(logits: torch.Tensor) -> torch.Tensor:
     """argmax per row of logits (b, V), total: NaN and inf are skipped (see finite_argmax)."""
     ids = torch.argmax(logits, dim=-1)
@@ -116,6 +106,9 @@ def finite_argmax(logits: torch.Tensor) -> torch.Tensor:
 
 def pick(logits: torch.Tensor, params: SamplingParams, u: torch.Tensor) -> torch.Tensor:
     """One id per row of float logits (B, V) given one uniform per row u (B,) -> (B,) int64 (NO_FINITE_LOGIT where none is finite).
+
+    Inverse CDF from one uniform: torch.multinomial would draw an exponential variate per vocabulary
+    entry (50k per row); one uniform and a two-level search cost far less and sample the same distribution.
 
     With top-k the draw runs over the k survivors only: the same distribution as masking the other V - k to -inf.
     """
