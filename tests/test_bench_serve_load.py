@@ -70,6 +70,7 @@ def test_label_before_any_target_is_refused(capsys):
     assert "must follow the --src, --base-url or --launch" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # starts two servers (~15 s); the pure parts above run by default
 def test_quick_rss_run_against_two_tiny_servers(tmp_path):
     """One server started from --src, one by --launch (how vLLM is run): both measured, side by side."""
     model = tmp_path / "tiny"

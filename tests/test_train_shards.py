@@ -38,6 +38,7 @@ def test_training_across_shards_resumes_bit_identically(sharded, tmp_path):
     assert whole.train_losses[4:] == resumed.train_losses
 
 
+@pytest.mark.slow  # two torchrun processes (~10 s); test_train.py keeps DDP equality in the default suite
 def test_ddp_two_processes_equal_one_across_shards(sharded, tmp_path):
     # test_train's DDP check, on the sharded data, named by its index file
     test_train.test_ddp_two_processes_equal_one_with_double_accumulation(os.path.join(sharded, "meta.json"), tmp_path)
