@@ -138,7 +138,7 @@ class Engine:
         ids, pos, at, ranges = [], [], [], []
         for row, n in work:
             s = row.computed
-            ids += row.window[s : s + n]
+            ids += row.span(s, s + n)
             pos += range(s, s + n)
             first = len(ids) - n if row.wants_records else len(ids) - 1  # all chunk logits for prompt log-probs
             lo = len(at)
@@ -152,10 +152,10 @@ class Engine:
 
     def _register(self, row: Row, before: int) -> None:
         """Offer the blocks this step completed to the prefix cache (first registration of a content wins)."""
-        bl, window = self.pool.block_len, row.window
+        bl = self.pool.block_len
         for i in range(before // bl, row.computed // bl):
             parent = row.blocks[i - 1] if i else None
-            self.pool.register(row.blocks[i], parent, tuple(window[i * bl : (i + 1) * bl]))
+            self.pool.register(row.blocks[i], parent, tuple(row.span(i * bl, (i + 1) * bl)))
 
     def _sample(self, to_sample: list[tuple[Row, int]], logits: torch.Tensor) -> list[Output]:
         """Sample each group of rows with equal filters as one batch; a group whose sampling raises fails alone."""

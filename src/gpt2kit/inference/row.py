@@ -36,8 +36,12 @@ class Row:
         return len(self.tokens) - self.prompt_len
 
     @property
-    def window(self) -> list[int]:
-        return self.tokens[self.window_start:]
+    def window_len(self) -> int:
+        return len(self.tokens) - self.window_start
+
+    def span(self, a: int, b: int) -> list[int]:
+        """Window tokens a..b-1 (a slice of that length, never a copy of the whole history: this runs every step)."""
+        return self.tokens[self.window_start + a : self.window_start + b]
 
     @property
     def pending(self) -> int:

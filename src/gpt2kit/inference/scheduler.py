@@ -125,10 +125,10 @@ class Scheduler:
         """Take the cached blocks holding the row's full prompt blocks (never its last token: its logits are needed)."""
         if row.computed or row.blocks:
             return
-        bl, window = self.pool.block_len, row.window
+        bl = self.pool.block_len
         parent = None
-        for i in range((len(window) - 1) // bl):
-            b = self.pool.lookup(parent, tuple(window[i * bl : (i + 1) * bl]), need_record=row.wants_records)
+        for i in range((row.window_len - 1) // bl):
+            b = self.pool.lookup(parent, tuple(row.span(i * bl, (i + 1) * bl)), need_record=row.wants_records)
             if b is None:
                 break
             row.blocks.append(b)
@@ -139,7 +139,7 @@ class Scheduler:
         """Whether a running row that starts with this row's first block is still computing its prompt
         (then wait one or a few steps and reuse its blocks instead of computing them twice)."""
         bl = self.pool.block_len
-        if not self.prefix_reuse or len(row.window) <= bl:
+        if not self.prefix_reuse or row.window_len <= bl:
             return False
-        head = row.window[:bl]
-        return any(not r.prompt_done and r.window[:bl] == head for r in self.running)
+        head = row.span(0, bl)
+        return any(not r.prompt_done and r.span(0, bl) == head for r in self.running)
