@@ -1,4 +1,4 @@
-"""Reduced-precision CPU paths against the fp32 reference: int8 (dynamic, per-channel) and bf16 weights."""
+"""Fast CPU inference paths against their references: int8 and int4 weights, bf16, oneDNN-prepacked weights, the thread governor."""
 import copy
 
 import torch
@@ -47,3 +47,138 @@ def test_load_model_int8(tiny_checkpoint):
     idx = torch.tensor([[1, 2, 3, 4]])
     a, b = _logits(ref, idx), _logits(m, idx)
     assert (a - b).abs().max().item() <= 0.05 * (a.max() - a.min()).item()
+
+
+# -- int4 ---------------------------------------------------------------------------------------
+
+def test_int4_kernel_equals_dequantized_reference():
+    from gpt2kit.quantize import Int4Linear, int4_groups
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(128, 50, bias=True)  # 50 rows: padded to 64 inside, sliced off
+    q4 = Int4Linear(lin, group=32)
+    q, scale, lo = int4_groups(lin.weight.detach(), 32)
+    w = (q.view(50, 4, 32).float() * scale + lo).view(50, 128)  # the weight int4 stands for
+    assert (w - lin.weight).abs().max() <= scale.max() / 2 + 1e-6  # round to nearest step
+    x = torch.randn(3, 7, 128)
+    ref = x.to(torch.bfloat16).float() @ w.t() + lin.bias  # the kernel takes bf16 activations
+    out = q4(x)
+    assert out.shape == (3, 7, 50) and out.dtype == torch.float32
+    assert (out - ref).abs().max().item() <= 0.01 * ref.abs().max().item()  # bf16 output rounding
+
+
+def test_int4_within_stated_tolerance_and_cache_consistent():
+    from gpt2kit.quantize import Int4Linear, quantize_int4
+
+    hf = hf_model(n_layer=2, n_head=4, n_embd=128, n_positions=128, vocab_size=50257, seed=0)
+    fp32 = ours_from_hf(hf)
+    q = quantize_int4(copy.deepcopy(fp32))
+    assert all(isinstance(m, Int4Linear) for m in (q.transformer.h[0].attn.c_attn, q.transformer.h[1].mlp.c_proj, q.lm_head))
+    idx = torch.randint(0, 50257, (1, 32), generator=torch.Generator().manual_seed(0))
+    a, b = _logits(fp32, idx), _logits(q, idx)
+    # stated tolerance: int4 (groups of 32) keeps every logit within 15% of the fp32 logit spread on random weights
+    assert (a - b).abs().max().item() <= 0.15 * (a.max() - a.min()).item()
+    toks = list(generate(q, idx[0].tolist(), 10, temperature=0))  # cached decode == uncached int4 forward
+    seq = idx[0].tolist()
+    for _ in range(10):
+        seq.append(int(_logits(q, torch.tensor([seq]))[0, -1].argmax()))
+    assert toks == seq[32:]
+
+
+# -- oneDNN-prepacked float weights (load_model(inference=True)) ------------------------------
+
+def test_prepacked_fp32_equals_hf_logits_and_greedy():
+    from gpt2kit.inference.prepack import PackedLinear, prepack_supported
+    from gpt2kit.weights import for_inference
+
+    if not prepack_supported():
+        import pytest
+
+        pytest.skip("this torch build has no oneDNN")
+    hf = hf_model(n_layer=2, n_head=4, n_embd=64, n_positions=128, vocab_size=50257, seed=3)
+    ours = for_inference(ours_from_hf(hf))
+    assert isinstance(ours.transformer.h[1].mlp.c_fc, PackedLinear)
+    assert ours.lm_head.weight is ours.transformer.wte.weight  # fp32 keeps the head tied: one copy in memory
+    idx = torch.randint(0, 50257, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = hf(idx).logits
+    assert (_logits(ours, idx) - ref).abs().max().item() < 1e-5
+    prompt = idx[0, :5].tolist()
+    with torch.no_grad():
+        greedy = hf.generate(torch.tensor([prompt]), max_new_tokens=20, min_new_tokens=20, do_sample=False,
+                             pad_token_id=50256, eos_token_id=None)[0, 5:].tolist()
+    assert list(generate(ours, prompt, 20, temperature=0)) == greedy
+    steps = list(generate(ours, [prompt, idx[1, :9].tolist()], 20, temperature=0))  # batch of 2: the M > 1 kernel
+    assert [s[0] for s in steps] == greedy
+
+
+def test_prepacked_bf16_equals_unpacked_bf16():
+    from gpt2kit.inference.prepack import PackedLinear, prepack_supported
+    from gpt2kit.weights import for_inference
+
+    if not prepack_supported():
+        import pytest
+
+        pytest.skip("this torch build has no oneDNN")
+    hf = hf_model(n_layer=2, n_head=4, n_embd=128, n_positions=128, vocab_size=1000, seed=0)
+    plain = ours_from_hf(hf).to(torch.bfloat16)
+    packed = for_inference(copy.deepcopy(plain))
+    assert isinstance(packed.lm_head, PackedLinear) and packed.transformer.wte.weight.dtype == torch.bfloat16
+    idx = torch.randint(0, 1000, (1, 32), generator=torch.Generator().manual_seed(0))
+    a, b = _logits(plain, idx), _logits(packed, idx)
+    assert (a - b).abs().max().item() <= 0.01 * (a.max() - a.min()).item()  # both bf16; only summation order differs
+
+
+def test_inference_models_refuse_to_save(tiny_checkpoint, tmp_path):
+    import pytest
+
+    from gpt2kit import load_model, save_model
+    from gpt2kit.errors import GPT2KitError
+
+    for kw in ({"inference": True}, {"dtype": "int4"}):
+        with pytest.raises(GPT2KitError, match="laid out for inference"):
+            save_model(load_model(tiny_checkpoint, **kw), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_load_model_int4_and_inference(tiny_checkpoint):
+    from gpt2kit import load_model
+
+    ref = load_model(tiny_checkpoint)
+    idx = torch.tensor([[1, 2, 3, 4]])
+    a = _logits(ref, idx)
+    assert (_logits(load_model(tiny_checkpoint, inference=True), idx) - a).abs().max().item() < 1e-5
+    b = _logits(load_model(tiny_checkpoint, dtype="int4"), idx)
+    assert (a - b).abs().max().item() <= 0.15 * (a.max() - a.min()).item()
+
+
+# -- thread governor ----------------------------------------------------------------------------
+
+def test_thread_governor_leaves_the_busy_core(monkeypatch):
+    from gpt2kit.inference import threads
+
+    clock = {"t": 0.0, "machine": 0.0, "own": 0.0}
+    monkeypatch.setattr(threads.time, "monotonic", lambda: clock["t"])
+    monkeypatch.setattr(threads, "_machine_busy", lambda: clock["machine"])
+    monkeypatch.setattr(threads, "_own_busy", lambda: clock["own"])
+    before = torch.get_num_threads()
+    try:
+        g = threads.ThreadGovernor(interval=0.5, max_threads=2)
+        g.cores = 2
+
+        def second(own, others):
+            clock["t"] += 1.0
+            clock["own"] += own
+            clock["machine"] += own + others
+            g.tick()
+            return torch.get_num_threads()
+
+        assert second(2.0, 0.05) == 2  # quiet: both cores
+        assert second(1.1, 0.9) == 1  # a CPU-bound neighbour: leave it its core
+        assert second(1.0, 1.0) == 1
+        assert second(1.0, 0.0) == 2  # it left
+        clock["t"] += 0.1
+        g.tick()  # within the interval: nothing is read
+        assert g.changes == 2
+    finally:
+        torch.set_num_threads(before)

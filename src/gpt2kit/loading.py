@@ -13,7 +13,7 @@ BACKENDS = ("torch", "numpy")
 
 
 def load(model: str | os.PathLike = "gpt2", tokenizer=None, *, dtype: str | None = None, device: str | None = None,
-         backend: str = "torch", need_tokenizer: bool = True, adapter: str | os.PathLike | None = None):
+         backend: str = "torch", need_tokenizer: bool = True, adapter: str | os.PathLike | None = None, inference: bool = False):
     """(model, tokenizer) from a hub name, HF-format dir or gpt2kit checkpoint dir.
 
     adapter: a LoRA adapter dir (gpt2kit's or peft's), merged into the weights as they load.
@@ -21,6 +21,8 @@ def load(model: str | os.PathLike = "gpt2", tokenizer=None, *, dtype: str | None
     tokenizer: a spec for get_tokenizer, a Tokenizer, or None for the model's own (GPT-2 BPE for
     hub/HF models). need_tokenizer=False returns (model, None) when the model carries none.
     backend="numpy" gives the pure-NumPy model (float32, CPU, no torch imported).
+    inference=True lays the weights out for the fastest CPU kernels (weights.for_inference): generate, serve
+    and eval; the model then does not train or save.
     """
     from .checkpoint import refuse_adapter_dir
     from .hub import resolve_model_path
@@ -41,7 +43,7 @@ def load(model: str | os.PathLike = "gpt2", tokenizer=None, *, dtype: str | None
     else:
         from .weights import load_model
 
-        m = load_model(path, dtype=dtype, device=check_device(device or "cpu"), adapter=adapter)
+        m = load_model(path, dtype=dtype, device=check_device(device or "cpu"), adapter=adapter, inference=inference)
     if tok is not None:
         check_vocab(tok, m.config.vocab_size)
     return m, tok

@@ -1,14 +1,20 @@
-"""Int8 weights for CPU decode.
+"""Int8 and int4 weights for CPU decode.
 
 Batch-1 decode reads every weight once per token, so it is bound by memory bandwidth; int8
-weights move a quarter of fp32's bytes. Each Linear of the blocks, and the output head, becomes
-torch's dynamically quantized Linear: int8 weights with one scale per output channel, and
-activations quantized per call, multiplied by fbgemm/oneDNN int8 kernels (VNNI/AMX where the
-CPU has them). The token embedding stays fp32 for the input lookup, so the head gets its own
-int8 copy and wte/lm_head are no longer tied (inference only).
+weights move a quarter of fp32's bytes, int4 an eighth (plus a scale and offset per group).
+Each Linear of the blocks, and the output head, is replaced:
+- int8: torch's dynamically quantized Linear: int8 weights with one scale per output channel,
+  activations quantized per call, multiplied by fbgemm/oneDNN int8 kernels (VNNI where the CPU
+  has them).
+- int4: Int4Linear, group-wise asymmetric 4-bit weights (like ggml's q4_1: per group of 32 input
+  weights a scale and a minimum), multiplied by torch's own int4 CPU kernel. Its vectorized path
+  takes bf16 activations and scales (fp32 ones take a scalar loop ~35x slower), so each layer's
+  input is rounded to bf16 and its output is fp32 again.
+The token embedding stays fp32 for the input lookup, so the head gets its own quantized copy
+and wte/lm_head are no longer tied (inference only).
 
-The reference for this fast path is the fp32 model: tests and bench/decode.py report the
-logit error and the perplexity cost.
+The reference for these fast paths is the fp32 model (and, for int4, the dequantized weights):
+tests and bench/decode.py report the logit error and the perplexity cost.
 """
 from __future__ import annotations
 
@@ -18,6 +24,9 @@ import torch
 import torch.nn as nn
 
 from .errors import GPT2KitError
+
+
+INT4_GROUP = 32  # input weights per scale/minimum, as ggml's q4_0/q4_1 blocks
 
 
 def int8_supported() -> bool:
@@ -33,11 +42,72 @@ def quantize_int8(model):
         raise GPT2KitError("int8 weights run on the CPU only; use dtype='bfloat16' on a GPU")
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-    head = nn.Linear(model.config.n_embd, model.lm_head.weight.shape[0], bias=False)
-    head.weight = nn.Parameter(model.transformer.wte.weight.detach().float().clone())
-    model.lm_head = head  # untied: the embedding lookup keeps fp32 rows
+    _untie_head(model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao points users at torchao; the kernels are the same
         quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
     model.quantized = "int8"
+    return model.eval()
+
+
+def _untie_head(model) -> None:
+    """Give the output head its own weight: the embedding lookup keeps fp32 rows, the head is quantized."""
+    head = nn.Linear(model.config.n_embd, model.lm_head.weight.shape[0], bias=False)
+    head.weight = nn.Parameter(model.transformer.wte.weight.detach().float().clone())
+    model.lm_head = head
+
+
+def int4_supported() -> bool:
+    return hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu")
+
+
+def int4_groups(w: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """w (N, K) -> q (N, K) int32 in 0..15, scale and min (N, K / group, 1): w ~ q * scale + min per group."""
+    N, K = w.shape
+    g = w.reshape(N, K // group, group)  # (N, G, group)
+    lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)  # (N, G, 1)
+    scale = (hi - lo).clamp(min=1e-8) / 15
+    q = ((g - lo) / scale).round().clamp(0, 15).to(torch.int32).reshape(N, K)
+    return q, scale, lo
+
+
+class Int4Linear(nn.Module):
+    """y = x W^T + b with W in group-wise 4 bits: W[n, k] = q[n, k] * scale[n, g] + min[n, g], g = k // group.
+
+    q is packed by torch for its int4 CPU kernel, which takes (q - 8) * scale + zero with zero = min + 8 * scale."""
+
+    def __init__(self, linear: nn.Linear, group: int = INT4_GROUP):
+        super().__init__()
+        N, K = linear.weight.shape
+        if K % group:
+            raise GPT2KitError(f"int4 needs in_features divisible by {group}, got {K}")
+        w = linear.weight.detach().float()
+        w = torch.cat([w, w.new_zeros(-N % 16, K)])  # the kernel takes whole tiles of 16 rows; the padding is sliced off
+        q, scale, lo = int4_groups(w, group)
+        self.group, self.in_features, self.out_features = group, K, N
+        self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))  # (N, K / 2) uint8
+        self.register_buffer("scale_zero", torch.cat([scale, lo + 8 * scale], 2).transpose(0, 1).to(torch.bfloat16).contiguous())  # (G, N, 2)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float().clone())
+
+    def forward(self, x):
+        x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)  # (M, K)
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group, self.scale_zero)  # (M, N padded), bf16
+        y = y[:, : self.out_features].float().reshape(*x.shape[:-1], self.out_features)  # (..., N)
+        return y if self.bias is None else y + self.bias
+
+
+
+@torch.no_grad()
+def quantize_int4(model, group: int = INT4_GROUP):
+    """Quantize `model` (a gpt2kit GPT on the CPU, fp32) to group-wise int4 weights in place and return it."""
+    if not int4_supported():
+        raise GPT2KitError(f"int4 needs torch's int4 CPU kernel (torch >= 2.6), which torch {torch.__version__} lacks; use dtype='int8'")
+    if model.transformer.wte.weight.device.type != "cpu":
+        raise GPT2KitError("int4 weights run on the CPU only; use dtype='bfloat16' on a GPU")
+    _untie_head(model)
+    for parent in [b.attn for b in model.transformer.h] + [b.mlp for b in model.transformer.h] + [model]:
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, Int4Linear(child, group))
+    model.quantized = "int4"
     return model.eval()

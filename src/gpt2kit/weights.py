@@ -130,6 +130,9 @@ def save_model(model: GPT, directory: str | os.PathLike, tokenizer=None, meta: d
 
     model = getattr(model, "_orig_mod", model)  # torch.compile wrapper: save the plain module's keys
     model = getattr(model, "module", model)  # DDP wrapper
+    if getattr(model, "quantized", None) or getattr(model, "prepacked", False):
+        raise GPT2KitError("this model's weights are laid out for inference (quantized or prepacked) and cannot be saved; "
+                           "load it with load_model(path) (no dtype=int8/int4, inference=False) to save or train it")
     sd = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k != "lm_head.weight"}
     with atomic_dir(directory) as tmp:
         with atomic_path(os.path.join(tmp, "model.safetensors")) as f:
@@ -145,18 +148,23 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfl
           "float16": torch.float16, "fp16": torch.float16}
 
 
+QUANTIZED = ("int8", "int4")  # CPU inference only
+
+
 def load_model(name_or_path: str | os.PathLike = "gpt2", *, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu",
-               adapter=None) -> GPT:
+               adapter=None, inference: bool = False) -> GPT:
     """GPT-2 from a hub name, an HF-format directory, or a gpt2kit checkpoint directory.
 
-    dtype: float32 (default), bfloat16, float16, or "int8" (int8 weights, CPU inference only).
+    dtype: float32 (default), bfloat16, float16, or "int8" / "int4" (quantized weights, CPU inference only).
     adapter: a LoRA adapter dir (or a lora.Adapter), merged into the float32 weights before the cast.
+    inference: lay the weights out for the fastest CPU kernels (for_inference); the model then
+    generates, serves and scores, but does not train or save.
     """
     path = resolve_model_path(name_or_path)
-    if isinstance(dtype, str) and dtype not in DTYPES and dtype != "int8":
-        raise GPT2KitError(f"unknown dtype {dtype!r}; use float32, bfloat16, float16 or int8")
-    if dtype == "int8" and torch.device(device).type != "cpu":
-        raise GPT2KitError("int8 weights run on the CPU only; use dtype='bfloat16' on a GPU")
+    if isinstance(dtype, str) and dtype not in DTYPES and dtype not in QUANTIZED:
+        raise GPT2KitError(f"unknown dtype {dtype!r}; use float32, bfloat16, float16, int8 or int4")
+    if dtype in QUANTIZED and torch.device(device).type != "cpu":
+        raise GPT2KitError(f"{dtype} weights run on the CPU only; use dtype='bfloat16' on a GPU")
     if adapter is not None and not hasattr(adapter, "layers"):
         from .lora import read_adapter
 
@@ -166,18 +174,34 @@ def load_model(name_or_path: str | os.PathLike = "gpt2", *, dtype: torch.dtype |
         from .lora import merge_adapter
 
         merge_adapter(model, adapter)
-    return to_dtype(model, dtype).to(device)
+    model = to_dtype(model, dtype).to(device)
+    return for_inference(model) if inference else model
 
 
 def to_dtype(model: GPT, dtype: torch.dtype | str | None) -> GPT:
-    """Cast a loaded model for inference: float32 (None), bfloat16, float16, or "int8" (CPU)."""
+    """Cast a loaded model for inference: float32 (None), bfloat16, float16, or "int8" / "int4" (CPU)."""
     if dtype is None or dtype in ("float32", "fp32", torch.float32):
         return model
     if dtype == "int8":
         from .quantize import quantize_int8
 
         return quantize_int8(model)
+    if dtype == "int4":
+        from .quantize import quantize_int4
+
+        return quantize_int4(model)
     model = model.to(DTYPES[dtype] if isinstance(dtype, str) else dtype)
     for p in model.parameters():  # half-precision GEMV is faster row-major here (column-major helps fp32 only)
         p.data = p.data.contiguous()
     return model
+
+
+def for_inference(model: GPT) -> GPT:
+    """Float weights on the CPU reordered for oneDNN (inference/prepack.py), in place: fp32 keeps the head tied to
+    the embedding (no second copy of the largest matrix), bf16 packs it too. Quantized and GPU models are left as they are."""
+    dtype = model.transformer.wte.weight.dtype
+    if getattr(model, "quantized", None) or model.transformer.wte.weight.device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16):
+        return model
+    from .inference.prepack import prepack
+
+    return prepack(model, head=dtype == torch.bfloat16)

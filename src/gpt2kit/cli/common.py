@@ -36,8 +36,8 @@ def add_model_args(p: argparse.ArgumentParser, backend: bool = False) -> None:
     p.add_argument("--model", default="gpt2", help="hub name (gpt2, gpt2-medium, gpt2-large, gpt2-xl), HF-format dir or gpt2kit checkpoint dir (default: gpt2)")
     p.add_argument("--tokenizer", default=None, help="tokenizer spec; default: the one saved with the model (GPT-2 BPE for hub/HF models)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "int8"],
-                   help="weights: float32 (default), bfloat16, float16, or int8 (int8 weights, CPU only: fastest decode)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16", "int8", "int4"],
+                   help="weights: float32 (default), bfloat16, float16, int8 or int4 (quantized weights, CPU only: fastest decode)")
     add_adapter_arg(p)
     if backend:
         p.add_argument("--backend", default="torch", choices=["torch", "numpy"], help="torch (default) or numpy: pure NumPy GPT-2, float32 on the CPU, no torch imported")
@@ -65,7 +65,7 @@ def load_model_args(args):
     from gpt2kit.loading import load
 
     return load(args.model, args.tokenizer, dtype=args.dtype, device=args.device, backend=getattr(args, "backend", "torch"),
-                adapter=args.adapter)
+                adapter=args.adapter, inference=True)
 
 
 def check_out_file(path: str) -> None:

@@ -25,6 +25,7 @@ from .kv import BLOCK_LEN, BlockPool, PromptRecord, StepKV
 from .request import MAX_LOGPROBS, Job
 from .row import Row
 from .scheduler import Scheduler
+from .threads import governor
 
 
 @dataclass
@@ -51,7 +52,7 @@ def default_kv_blocks(config, max_rows: int, dtype=torch.float32, block_len: int
 
 class Engine:
     def __init__(self, model, *, kv_blocks: int | None = None, max_rows: int = 64, max_step_tokens: int = 512,
-                 prefix_reuse: bool = True, block_len: int = BLOCK_LEN):
+                 prefix_reuse: bool = True, block_len: int = BLOCK_LEN, adapt_threads: bool = True):
         cfg = model.config
         w = model.transformer.wte.weight
         self.model, self.config, self.device = model.eval(), cfg, w.device
@@ -65,6 +66,7 @@ class Engine:
         self.pool = BlockPool(cfg, kv_blocks, device=self.device, dtype=w.dtype, block_len=block_len)
         self.scheduler = Scheduler(self.pool, max_rows=max_rows, max_step_tokens=max_step_tokens, prefix_reuse=prefix_reuse)
         self.steps = 0
+        self.threads = governor() if adapt_threads and self.device.type == "cpu" else None  # threads.py: cores others leave free
 
     # -- rows in and out -----------------------------------------------------------------------
     def add(self, prompt: list[int], params: SamplingParams, *, max_tokens: int, seed: int | None = None,
@@ -112,6 +114,8 @@ class Engine:
         if not work:
             return []
         self.steps += 1
+        if self.threads:
+            self.threads.tick()
         logits, at = self._forward(work)
         outputs, to_sample = [], []
         for (row, n), (lo, hi) in zip(work, at):
