@@ -1,113 +1,299 @@
-"""Decode speed: gpt2kit vs transformers' generate on the same random GPT-2 124M weights (CPU).
+"""Decode speed on the CPU: gpt2kit beside HF transformers, CTranslate2 and llama.cpp, side by side.
 
-Prints one table: batch-1 greedy (32-token prompt, 128 new tokens) and batch-8 top-k 40
-sampling, for gpt2kit in fp32 / bf16 / int8 weights beside HF fp32, alternating runs after a
-warm-up, medians; plus the memory-bandwidth ceiling measured on the spot (a weight-sized
-matrix-vector product), each engine's quality cost, and gpt2kit's peak RSS in a fresh process.
+One random GPT-2 124M (seed 0) is saved as a gpt2kit checkpoint and exported with gpt2kit's own
+writers: an HF folder (read by HF, and converted by CTranslate2's own ct2-transformers-converter)
+and a GGUF file (read by llama.cpp through llama-cpp-python; q8_0 and q4_0 made from it with
+llama.cpp's quantize API). Every engine runs in its own worker process, so its peak RSS is its
+own, and the parent asks them in turn (engines alternate, median of --repeat).
 
-    python bench/decode.py [--repeat 3] [--new-tokens 128]
+Decode rate excludes the prompt for every engine: each run is timed for 1 and for N new tokens
+from the same 32-token prompt, and rate = batch * (N - 1) / (t_N - t_1).
+
+    python bench/decode.py [--repeat 3] [--new-tokens 128] [--engines gpt2kit:float32,hf,...]
+
+Cases: batch 1 greedy, batch 8 top-k 40 sampling, and batch 1 greedy again while one other
+CPU-bound process runs (the thread-contention case). Peers that are not installed are skipped,
+with the install command printed (`pip install -e ".[bench]"`; llama-cpp-python compiles
+llama.cpp, ~15 minutes on 2 cores).
 """
 from __future__ import annotations
 
 import argparse
-import copy
+import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
-
-import torch
+import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import alternate, machine, peak_rss_mb, table, timeit  # noqa: E402
+from common import table  # noqa: E402
+
+GPT2KIT = ["gpt2kit:float32", "gpt2kit:bfloat16", "gpt2kit:int8", "gpt2kit:int4"]
+PEERS = ["hf", "ct2:float32", "ct2:int8", "llama:f32", "llama:q8_0", "llama:q4_0"]
+PROMPT = [(i * 7919 + 13) % 50257 for i in range(32)]  # fixed ids, the same for every engine
 
 
-def bandwidth_gbs(n_params: int) -> float:
-    """GB/s of one fp32 matrix-vector product as large as all of GPT-2's weights (768 columns)."""
-    w, x = torch.randn(n_params // 768, 768), torch.randn(1, 768)
-    t = timeit(lambda: torch.nn.functional.linear(x, w), repeat=7)
-    return w.numel() * 4 / t / 1e9
+# -- workers: one engine each, answering {"batch", "n", "sample"} with seconds and row-0 tokens ----------
+
+class Engine:
+    def __init__(self, spec: str, d: str):
+        kind, _, variant = spec.partition(":")
+        self.run = getattr(self, f"_load_{kind}")(variant, d)
+
+    def _load_gpt2kit(self, dtype, d):
+        import gpt2kit
+
+        model = gpt2kit.load_model(os.path.join(d, "gpt2kit"), dtype=dtype, inference=True)
+
+        def run(batch, n, sample):
+            kw = dict(temperature=1.0, top_k=40) if sample else dict(temperature=0.0)
+            rows = [r if batch > 1 else [r] for r in gpt2kit.generate(model, PROMPT, n, num_samples=batch, seed=0, **kw)]
+            return [r[0] for r in rows]
+        return run
+
+    def _load_hf(self, _variant, d):
+        import torch
+        from transformers import GPT2LMHeadModel
+
+        hf = GPT2LMHeadModel.from_pretrained(os.path.join(d, "hf")).eval()
+
+        def run(batch, n, sample):
+            with torch.inference_mode():
+                out = hf.generate(torch.tensor([PROMPT] * batch), attention_mask=torch.ones(batch, 32, dtype=torch.long),
+                                  max_new_tokens=n, min_new_tokens=n, do_sample=sample, top_k=40 if sample else None,
+                                  pad_token_id=50256)
+            return out[0, 32:].tolist()
+        return run
+
+    def _load_ct2(self, compute_type, d):
+        import ctranslate2
+
+        gen = ctranslate2.Generator(os.path.join(d, "ct2"), device="cpu", compute_type=compute_type,
+                                    intra_threads=os.cpu_count() or 1)
+        with open(os.path.join(d, "ct2", "vocabulary.json")) as f:
+            vocab = json.load(f)
+        start = [vocab[t] for t in PROMPT]
+
+        def run(batch, n, sample):
+            res = gen.generate_batch([start] * batch, max_length=n, min_length=n, include_prompt_in_result=False,
+                                     sampling_topk=40 if sample else 1)
+            return res[0].sequences_ids[0]
+        return run
+
+    def _load_llama(self, quant, d):
+        from llama_cpp import Llama
+
+        n = os.cpu_count() or 1
+        llm = Llama(model_path=os.path.join(d, f"gpt2-{quant}.gguf"), n_ctx=512, n_threads=n, n_threads_batch=n, verbose=False)
+
+        def run(batch, n, sample):
+            if batch != 1:
+                return None  # llama-cpp-python's API decodes one sequence at a time
+            llm.reset()
+            out = []
+            for tok in llm.generate(PROMPT, top_k=40 if sample else 1, temp=1.0 if sample else 0.0, reset=True):
+                out.append(tok)
+                if len(out) == n:
+                    break
+            return out
+        return run
 
 
-def child_rss(model_dir: str) -> None:
+def worker(spec: str, d: str) -> None:
+    engine = Engine(spec, d)
+    print(json.dumps({"ready": True}), flush=True)
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        t = time.perf_counter()
+        tokens = engine.run(cmd["batch"], cmd["n"], cmd["sample"])
+        sec = time.perf_counter() - t
+        hwm = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM"))
+        print(json.dumps({"sec": sec, "tokens": tokens, "rss_mb": hwm / 1024}), flush=True)
+
+
+class Worker:
+    def __init__(self, spec: str, d: str):
+        self.spec = spec
+        self.p = subprocess.Popen([sys.executable, __file__, "--worker", spec, "--dir", d], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True, bufsize=1)
+        self._read()
+
+    def _read(self) -> dict:
+        line = self.p.stdout.readline()
+        if not line:
+            raise RuntimeError(f"worker {self.spec} exited (code {self.p.wait()}); its error is above")
+        return json.loads(line)
+
+    def ask(self, batch: int, n: int, sample: bool) -> dict:
+        self.p.stdin.write(json.dumps({"batch": batch, "n": n, "sample": sample}) + "\n")
+        return self._read()
+
+    def close(self) -> None:
+        self.p.stdin.close()
+        self.p.wait()
+
+
+# -- the parent: models, ceiling, cases --------------------------------------------------------------
+
+def available(spec: str) -> str | None:
+    """None when the engine can run here, else why not."""
+    import importlib.util
+
+    kind = spec.split(":")[0]
+    need = {"ct2": ("ctranslate2", 'pip install -e ".[bench]"'), "llama": ("llama_cpp", 'pip install -e ".[bench]" llama-cpp-python (compiles llama.cpp, ~15 min)'),
+            "hf": ("transformers", "pip install transformers")}.get(kind)
+    if need and importlib.util.find_spec(need[0]) is None:
+        return f"skipped: {need[0]} is not installed ({need[1]})"
+    return None
+
+
+def make_models(d: str, specs: list[str]) -> None:
+    import torch
+
     import gpt2kit
+    from gpt2kit.config import preset
+    from gpt2kit.interop.gguf_export import export_gguf
+    from gpt2kit.interop.hf_export import export_hf
+    from gpt2kit.tokenization import get_tokenizer
 
-    m = gpt2kit.load_model(model_dir)
-    list(gpt2kit.generate(m, list(range(32)), 32, temperature=0))
-    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over from the parent across fork + exec
-    hwm_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
-    print(f"{hwm_kb / 1024:.1f}")
+    torch.manual_seed(0)
+    model, tok = gpt2kit.GPT(preset("gpt2")).eval(), get_tokenizer("gpt2")
+    gpt2kit.save_model(model, os.path.join(d, "gpt2kit"), tokenizer=tok)
+    export_hf(model, tok, os.path.join(d, "hf"))
+    if any(s.startswith("ct2") for s in specs):
+        subprocess.run(["ct2-transformers-converter", "--model", os.path.join(d, "hf"), "--output_dir", os.path.join(d, "ct2")],
+                       check=True, capture_output=True)
+    if any(s.startswith("llama") for s in specs):
+        import llama_cpp
+
+        f32 = os.path.join(d, "gpt2-f32.gguf")
+        export_gguf(model, tok, f32)
+        for name, ftype in (("q8_0", llama_cpp.LLAMA_FTYPE_MOSTLY_Q8_0), ("q4_0", llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_0)):
+            params = llama_cpp.llama_model_quantize_default_params()
+            params.ftype = ftype
+            params.nthread = os.cpu_count() or 1
+            if llama_cpp.llama_model_quantize(f32.encode(), os.path.join(d, f"gpt2-{name}.gguf").encode(), params) != 0:
+                raise RuntimeError(f"llama.cpp could not quantize to {name}")
+
+
+def ceiling(weight_bytes: int) -> dict:
+    """Memory-read GB/s on this machine: a streaming read of a weight-sized fp32 tensor, and a weight-sized fp32
+    matrix-vector product with torch's default (MKL) and oneDNN kernels; each / weight bytes = a tokens/s ceiling."""
+    import torch
+
+    def best(fn, n=7):
+        fn()
+        ts = []
+        for _ in range(n):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return min(ts)
+
+    w, x = torch.randn(weight_bytes // 4 // 768, 768), torch.randn(1, 768)
+    out = {"read": weight_bytes / best(lambda: w.sum()) / 1e9,
+           "matvec (MKL)": weight_bytes / best(lambda: torch.nn.functional.linear(x, w)) / 1e9}
+    if torch.backends.mkldnn.is_available():
+        p = torch.ops.mkldnn._reorder_linear_weight(w, 1)
+        out["matvec (oneDNN)"] = weight_bytes / best(lambda: torch.ops.mkldnn._linear_pointwise(x, p, None, "none", [], "")) / 1e9
+    return out
+
+
+def measure(workers: dict, batch: int, sample: bool, n: int, repeat: int) -> dict:
+    """spec -> (median tokens/s, row-0 tokens of the last run, peak RSS MiB); engines alternate within each round."""
+    rates = {s: [] for s in workers}
+    last = {}
+    for s, w in workers.items():  # warm-up
+        last[s] = w.ask(batch, n, sample)
+    for _ in range(repeat):
+        for s, w in workers.items():
+            t1 = w.ask(batch, 1, sample)["sec"]
+            last[s] = w.ask(batch, n, sample)
+            rates[s].append(batch * (n - 1) / (last[s]["sec"] - t1))
+            time.sleep(0.2)  # let the worker's threads go idle before the next engine runs
+    return {s: (statistics.median(r), last[s]["tokens"], last[s]["rss_mb"]) for s, r in rates.items()}
+
+
+def agreement(tokens, ref) -> str:
+    if tokens is None or ref is None:
+        return ""
+    k = next((i for i, (a, b) in enumerate(zip(tokens, ref)) if a != b), min(len(tokens), len(ref)))
+    return f"{k}/{len(ref)}"
+
+
+def report(case: str, res: dict, ceil_tps: float, weight_mib: float, ref_tokens=None) -> list[list]:
+    hf = res.get("hf", (None,))[0]
+    peers = [v[0] for s, v in res.items() if not s.startswith("gpt2kit") and s != "hf" and v[0]]
+    best_peer = max(peers) if peers else None
+    rows = []
+    for s, (tps, tokens, rss) in res.items():
+        rows.append([case, s, f"{tps:.1f}", f"{tps / hf:.2f}x" if hf else "", f"{tps / best_peer:.2f}x" if best_peer else "",
+                     f"{tps / ceil_tps:.0%}", agreement(tokens, ref_tokens), f"{rss:.0f} ({rss / weight_mib:.2f}x)"])
+    return rows
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--new-tokens", type=int, default=128)
-    ap.add_argument("--child-rss", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--engines", default=",".join(GPT2KIT + PEERS), help="comma-separated: " + ",".join(GPT2KIT + PEERS))
+    ap.add_argument("--no-contention", action="store_true", help="skip the run beside a CPU-bound process")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.child_rss:
-        return child_rss(args.child_rss)
+    if args.worker:
+        return worker(args.worker, args.dir)
 
-    from transformers import GPT2Config, GPT2LMHeadModel
+    import torch
 
-    import gpt2kit
-    from gpt2kit.config import GPTConfig
-    from gpt2kit.weights import build_model, from_hf_state_dict, to_dtype
-
-    torch.manual_seed(0)
-    hf = GPT2LMHeadModel(GPT2Config()).eval()
-    fp32 = build_model(GPTConfig.from_hf(hf.config.to_dict()), from_hf_state_dict({k: v.clone() for k, v in hf.state_dict().items()}), column_major=True)  # as load_model builds it
-    bf16 = to_dtype(copy.deepcopy(fp32), "bfloat16")  # as load_model(dtype=...) casts
-    int8 = to_dtype(copy.deepcopy(fp32), "int8")
-    weight_bytes = sum(p.numel() * 4 for p in fp32.parameters())
-    N = args.new_tokens
-    prompt = torch.randint(0, 50257, (1, 32), generator=torch.Generator().manual_seed(1))
-    p_list = prompt[0].tolist()
-
-    def hf_run(batch, sample):
-        def f():
-            with torch.inference_mode():
-                hf.generate(prompt.repeat(batch, 1), attention_mask=torch.ones(batch, 32, dtype=torch.long), max_new_tokens=N,
-                            min_new_tokens=N, do_sample=sample, top_k=40 if sample else None, pad_token_id=50256)
-        return f
-
-    def ours(model, batch, sample):
-        return lambda: list(gpt2kit.generate(model, p_list, N, temperature=1.0 if sample else 0.0, top_k=40 if sample else None,
-                                             num_samples=batch, seed=0))
-
-    gbs = bandwidth_gbs(weight_bytes // 4)
-    ceiling = gbs * 1e9 / weight_bytes
-    print(machine())
-    print(f"bandwidth: {gbs:.1f} GB/s on a weight-sized ({weight_bytes / 1e6:.0f} MB) fp32 matvec -> fp32 ceiling {ceiling:.1f} tokens/s for {weight_bytes / 1e6:.0f} MB of weights\n")
-
-    rows = []
-    for batch, sample in ((1, False), (8, True)):
-        fns = {"HF generate fp32": hf_run(batch, sample), "gpt2kit fp32": ours(fp32, batch, sample),
-               "gpt2kit bf16": ours(bf16, batch, sample), "gpt2kit int8": ours(int8, batch, sample)}
-        t = alternate(fns, repeat=args.repeat)
-        base = batch * N / t["HF generate fp32"]
-        for name, sec in t.items():
-            tps = batch * N / sec
-            extra = f"{tps / ceiling:.0%}" if batch == 1 and "fp32" in name else ""
-            rows.append([f"b{batch} {'top-k 40' if sample else 'greedy'}", name, f"{tps:.1f}", f"{tps / base:.2f}x", extra])
-    print(table(rows, ["case", "engine", "tokens/s", "vs HF", "of ceiling"]))
-
-    # quality cost on random weights: max |logit error| relative to the fp32 logit spread
-    idx = torch.randint(0, 50257, (1, 128), generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        ref = fp32(idx)[0]
-        spread = (ref.max() - ref.min()).item()
-        for name, m in (("bf16", bf16), ("int8", int8)):
-            out = m(idx)[0].float()
-            agree = (out.argmax(-1) == ref.argmax(-1)).float().mean().item()
-            print(f"quality {name}: max |dlogit| {(out - ref).abs().max().item():.4f} ({(out - ref).abs().max().item() / spread:.2%} of spread), argmax agreement {agree:.1%}")
-
+    specs = []
+    for s in args.engines.split(","):
+        why = available(s)
+        print(f"{s}: {why}") if why else specs.append(s)
+    n_params = 124_439_808  # GPT-2 124M, the head tied to the embedding
+    weight_bytes, N = n_params * 4, args.new_tokens
+    weight_mib = weight_bytes / 2**20
+    print(f"python {sys.version.split()[0]}, torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.2f} at start")
+    bw = ceiling(weight_bytes)
+    ceil_tps = bw["read"] * 1e9 / weight_bytes
+    print("memory bandwidth: " + ", ".join(f"{k} {v:.1f} GB/s ({v * 1e9 / weight_bytes:.1f} tok/s)" for k, v in bw.items())
+          + f"; fp32 ceiling used below: {ceil_tps:.1f} tok/s (the streaming read over {weight_bytes / 1e6:.0f} MB of weights)")
     with tempfile.TemporaryDirectory() as d:
-        gpt2kit.save_model(fp32, d)
-        rss = float(subprocess.run([sys.executable, __file__, "--child-rss", d], capture_output=True, text=True, check=True).stdout)
-    wmib = weight_bytes / 2**20
-    print(f"peak RSS, gpt2kit fp32 load + decode in a fresh process: {rss:.0f} MiB = {rss / wmib:.2f}x the {wmib:.0f} MiB of weights")
-    print(f"peak RSS of this benchmark process (HF + 3 gpt2kit copies): {peak_rss_mb():.0f} MiB")
+        make_models(d, specs)
+        workers = {s: Worker(s, d) for s in specs}
+        try:
+            rows = []
+            b1 = measure(workers, 1, False, N, args.repeat)
+            ref = b1.get("hf", b1.get("gpt2kit:float32", (None, None)))[1]
+            rows += report("b1 greedy", b1, ceil_tps, weight_mib, ref)
+            b8_workers = {s: w for s, w in workers.items() if not s.startswith("llama")}
+            rows += report("b8 top-k 40", measure(b8_workers, 8, True, N, args.repeat), ceil_tps, weight_mib)
+            header = ["case", "engine", "tok/s", "vs HF", "vs best peer", "of ceiling", "greedy = ref", "peak RSS MiB (x weights)"]
+            print(f"\nGPT-2 124M random weights, 32-token prompt, {N} new tokens, decode rate (prompt excluded), median of {args.repeat}; "
+                  f"greedy = ref: tokens equal to {'HF' if 'hf' in b1 else 'gpt2kit fp32'}'s greedy run before the first difference; "
+                  f"weights {weight_mib:.0f} MiB fp32")
+            print(table(rows, header))
+            if not args.no_contention:
+                contention(workers, b1, N, args.repeat)
+        finally:
+            for w in workers.values():
+                w.close()
+    print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+
+
+def contention(workers: dict, quiet: dict, n: int, repeat: int) -> None:
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(1.0)
+        busy = measure(workers, 1, False, n, repeat)
+    finally:
+        hog.kill()
+    rows = [[s, f"{quiet[s][0]:.1f}", f"{busy[s][0]:.1f}", f"{busy[s][0] / quiet[s][0]:.0%}"] for s in busy]
+    print(f"\nb1 greedy with one other CPU-bound process running (python busy loop), each engine at its default threads:")
+    print(table(rows, ["engine", "quiet tok/s", "contended tok/s", "kept"]))
 
 
 if __name__ == "__main__":

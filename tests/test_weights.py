@@ -113,3 +113,22 @@ def test_real_gpt2_golden_greedy():
     model = load_model("gpt2")
     out = [464, 3290] + list(__import__("gpt2kit").generate(model, [464, 3290], 18, temperature=0))
     assert out == [464, 3290, 373, 1043, 287, 257, 2214, 1474, 262, 16246, 286, 2688, 290, 2688, 27262, 13, 198, 198, 464, 3290]
+
+
+def test_column_major_read_equals_plain_read_without_a_transposed_copy(tiny_checkpoint, tmp_path):
+    import os
+
+    import pytest
+
+    from gpt2kit.errors import GPT2KitError
+    from gpt2kit.weights import read_safetensors
+
+    path = os.path.join(tiny_checkpoint, "model.safetensors")
+    plain = read_safetensors(path)
+    cols = read_safetensors(path, ("transformer.wte.weight", "transformer.h.0.mlp.c_fc.weight"))
+    assert set(plain) == set(cols) and all(torch.equal(plain[k], cols[k]) for k in plain)
+    assert cols["transformer.wte.weight"].t().is_contiguous() and not cols["transformer.wte.weight"].is_contiguous()
+    bad = tmp_path / "cut.safetensors"
+    bad.write_bytes(open(path, "rb").read()[:-100])
+    with pytest.raises(GPT2KitError, match="truncated"):
+        read_safetensors(str(bad), ("transformer.wte.weight",))

@@ -34,7 +34,7 @@ def from_hf_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if name is None:
             continue
         if name.endswith(TRANSPOSED):
-            v = v.t().contiguous()
+            v = v.t()  # a view: build_model lays it out (HF's (in, out) storage is already the column-major layout)
         out[name] = v
     return out
 
@@ -54,13 +54,15 @@ def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return out
 
 
-def build_model(config: GPTConfig, sd: dict[str, torch.Tensor], source: str = "checkpoint", column_major: bool = False) -> GPT:
+def build_model(config: GPTConfig, sd: dict[str, torch.Tensor], source: str = "checkpoint",
+                column_major: bool | tuple[str, ...] = False) -> GPT:
     """A GPT whose parameters are exactly `sd` (gpt2kit keys), with every shape checked.
 
     column_major stores each matmul weight (in, out) in memory, same shape and values:
     F.linear(x, W) multiplies by W^T, and when W^T is the contiguous tensor MKL takes its
     non-transposed kernels, which decode faster here (the 50257-row head: 4.4 -> 3.5 ms at
     batch 1, 16 -> 8 ms at batch 8). load_model uses it; training builds row-major models.
+    A tuple of keys lays out only those (the rest row-major), for weights that are repacked or cast anyway.
     """
     with torch.device("meta"):
         model = GPT(config)
@@ -72,15 +74,18 @@ def build_model(config: GPTConfig, sd: dict[str, torch.Tensor], source: str = "c
     unexpected = sorted(set(sd) - set(expected))
     if missing or unexpected:
         raise GPT2KitError(f"{source}: weights do not match the config (missing {missing[:3]}, unexpected {unexpected[:3]}); is the config.json from the same model?")
-    if column_major:  # in place, one tensor at a time, so each original is freed after its copy
-        for k in list(sd):
-            if k.endswith(".weight") and sd[k].dim() == 2 and k != "transformer.wpe.weight":
-                sd[k] = sd[k].t().contiguous().t()
+    for k in list(sd):  # in place, one tensor at a time, so each original is freed after its copy (none when already laid out)
+        col = k in column_major if isinstance(column_major, tuple) else column_major
+        if col and k.endswith(".weight") and sd[k].dim() == 2 and k != "transformer.wpe.weight":
+            sd[k] = sd[k] if sd[k].t().is_contiguous() else sd[k].t().contiguous().t()
+        else:
+            sd[k] = sd[k].contiguous()
     V, Vp = config.vocab_size, config.padded_vocab_size
     wte = sd["transformer.wte.weight"]
     if wte.shape[0] == V and Vp != V:  # pad rows for speed; they are sliced off the logits
+        col = "transformer.wte.weight" in column_major if isinstance(column_major, tuple) else column_major
         wte = torch.cat([wte, wte.new_zeros(Vp - V, wte.shape[1])])
-        if column_major:
+        if col:
             wte = wte.t().contiguous().t()
     sd = {**sd, "transformer.wte.weight": wte}
     for k, shape in expected.items():
@@ -93,8 +98,40 @@ def build_model(config: GPTConfig, sd: dict[str, torch.Tensor], source: str = "c
 
 # -- files ----------------------------------------------------------------------------------
 
-def read_safetensors(path: str) -> dict[str, torch.Tensor]:
-    return checkpoint.read_safetensors(path, "torch")
+def read_safetensors(path: str, column_major: tuple[str, ...] = ()) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file, each read once into its own memory; the 2-D ones named in column_major are
+    read in row chunks straight into column-major storage, so no full-size transposed copy is ever made."""
+    if not column_major:
+        return checkpoint.read_safetensors(path, "torch")
+    checkpoint.check_float_weights(path, "torch")
+    header = checkpoint.read_header(path)
+    with open(path, "rb", buffering=0) as f:
+        base = 8 + int.from_bytes(f.read(8), "little")
+        return {name: _read_tensor(f, path, base, info, name in column_major) for name, info in header.items()}
+
+
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+
+
+def _read_tensor(f, path: str, base: int, info: dict, column_major: bool) -> torch.Tensor:
+    dtype, shape = _SAFETENSORS_DTYPES[info["dtype"]], list(info["shape"])
+    a, b = info["data_offsets"]
+    out = torch.empty(shape[::-1], dtype=dtype).t() if column_major and len(shape) == 2 else torch.empty(shape, dtype=dtype)
+    if b - a != out.numel() * out.element_size():
+        raise GPT2KitError(f"cannot read {path}: a tensor's byte range does not match its shape; the file is corrupt, re-save it")
+    # chunks under glibc's mmap threshold (128 KiB): larger freed buffers raise it, and later weights then land
+    # in the heap, where memory freed after prepacking stays resident
+    rows = max(1, (64 << 10) // max(1, (b - a) // max(1, shape[0]))) if column_major and out.dim() == 2 else 0
+    for r in range(0, shape[0], rows) if rows else [None]:
+        part = out if r is None else torch.empty([min(rows, shape[0] - r)] + shape[1:], dtype=dtype)
+        nbytes = part.numel() * part.element_size()
+        buf = part.view(torch.uint8).numpy().reshape(-1) if part.numel() else None
+        start = base + a + (0 if r is None else r * (nbytes // part.shape[0]))
+        if buf is not None and os.preadv(f.fileno(), [buf], start) != nbytes:
+            raise GPT2KitError(f"cannot read {path}: the file is truncated; re-download or re-save it")
+        if r is not None:
+            out[r : r + part.shape[0]] = part
+    return out
 
 
 def read_torch_bin(path: str) -> dict[str, torch.Tensor]:
@@ -108,10 +145,11 @@ def read_torch_bin(path: str) -> dict[str, torch.Tensor]:
     return sd
 
 
-def load_dir(d: ModelDir) -> GPT:
+def load_dir(d: ModelDir, column_major: bool | tuple[str, ...] = True) -> GPT:
     """Build the model of a checked model directory (gpt2kit checkpoint or HF GPT-2 folder)."""
     if not d.hf:
-        return build_model(d.config, read_safetensors(d.weights), source=d.path, column_major=True)
+        cols = column_major if isinstance(column_major, tuple) else ()
+        return build_model(d.config, read_safetensors(d.weights, cols), source=d.path, column_major=column_major)
     binf = os.path.join(d.path, "pytorch_model.bin")
     if os.path.exists(d.weights):
         sd = read_safetensors(d.weights)
@@ -119,7 +157,7 @@ def load_dir(d: ModelDir) -> GPT:
         sd = read_torch_bin(binf)
     else:
         raise GPT2KitError(f"no weights in {d.path}: expected {WEIGHTS_FILE} or pytorch_model.bin")
-    return build_model(d.config, from_hf_state_dict(sd), source=d.path, column_major=True)
+    return build_model(d.config, from_hf_state_dict(sd), source=d.path, column_major=column_major)
 
 
 def save_model(model: GPT, directory: str | os.PathLike, tokenizer=None, meta: dict | None = None) -> None:
@@ -169,13 +207,25 @@ def load_model(name_or_path: str | os.PathLike = "gpt2", *, dtype: torch.dtype |
         from .lora import read_adapter
 
         adapter = read_adapter(adapter)  # before the base loads: a bad adapter fails fast
-    model = load_dir(read_model_dir(path))
+    model = load_dir(read_model_dir(path), column_major=_layout_for(dtype, inference))
     if adapter is not None:
         from .lora import merge_adapter
 
         merge_adapter(model, adapter)
     model = to_dtype(model, dtype).to(device)
     return for_inference(model) if inference else model
+
+
+def _layout_for(dtype, inference: bool) -> bool | tuple[str, ...]:
+    """Which weights to lay out column-major while loading: those fp32 F.linear reads (not the ones prepacked,
+    quantized or cast afterwards, whose copy would be wasted memory and time)."""
+    if dtype not in (None, "float32", "fp32", torch.float32):
+        return False
+    if not inference:
+        return True
+    from .inference.prepack import prepack_supported
+
+    return ("transformer.wte.weight",) if prepack_supported() else True  # blocks are prepacked; the tied head stays F.linear
 
 
 def to_dtype(model: GPT, dtype: torch.dtype | str | None) -> GPT:
