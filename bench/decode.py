@@ -86,7 +86,8 @@ class Engine:
         from llama_cpp import Llama
 
         n = os.cpu_count() or 1
-        llm = Llama(model_path=os.path.join(d, f"gpt2-{quant}.gguf"), n_ctx=512, n_threads=n, n_threads_batch=n, verbose=False)
+        with quiet_stderr():  # the model loader logs its metadata even with verbose=False
+            llm = Llama(model_path=os.path.join(d, f"gpt2-{quant}.gguf"), n_ctx=512, n_threads=n, n_threads_batch=n, verbose=False)
 
         def run(batch, n, sample):
             if batch != 1:
@@ -101,7 +102,19 @@ class Engine:
         return run
 
 
+RUNTIME = {"gpt2kit": ["torch", "gpt2kit"], "hf": ["torch", "transformers"], "ct2": ["ctranslate2"], "llama": ["llama_cpp"]}
+
+
+def vm_hwm_mib() -> float:
+    return next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM")) / 1024
+
+
 def worker(spec: str, d: str) -> None:
+    import importlib
+
+    for mod in RUNTIME[spec.split(":")[0]]:
+        importlib.import_module(mod)
+    runtime = vm_hwm_mib()  # the interpreter and the engine's libraries, before any model
     engine = Engine(spec, d)
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
@@ -109,8 +122,7 @@ def worker(spec: str, d: str) -> None:
         t = time.perf_counter()
         tokens = engine.run(cmd["batch"], cmd["n"], cmd["sample"])
         sec = time.perf_counter() - t
-        hwm = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM"))
-        print(json.dumps({"sec": sec, "tokens": tokens, "rss_mb": hwm / 1024}), flush=True)
+        print(json.dumps({"sec": sec, "tokens": tokens, "rss_mb": vm_hwm_mib(), "runtime_mb": runtime}), flush=True)
 
 
 class Worker:
@@ -174,8 +186,24 @@ def make_models(d: str, specs: list[str]) -> None:
             params = llama_cpp.llama_model_quantize_default_params()
             params.ftype = ftype
             params.nthread = os.cpu_count() or 1
-            if llama_cpp.llama_model_quantize(f32.encode(), os.path.join(d, f"gpt2-{name}.gguf").encode(), params) != 0:
+            with quiet_stderr():  # llama.cpp logs every tensor
+                rc = llama_cpp.llama_model_quantize(f32.encode(), os.path.join(d, f"gpt2-{name}.gguf").encode(), params)
+            if rc != 0:
                 raise RuntimeError(f"llama.cpp could not quantize to {name}")
+
+
+class quiet_stderr:
+    """Silence file descriptor 2 (C libraries' logs) for a block."""
+
+    def __enter__(self):
+        sys.stderr.flush()
+        self.saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+
+    def __exit__(self, *exc):
+        os.dup2(self.saved, 2)
+        os.close(self.saved)
 
 
 def ceiling(weight_bytes: int) -> dict:
@@ -202,7 +230,7 @@ def ceiling(weight_bytes: int) -> dict:
 
 
 def measure(workers: dict, batch: int, sample: bool, n: int, repeat: int) -> dict:
-    """spec -> (median tokens/s, row-0 tokens of the last run, peak RSS MiB); engines alternate within each round."""
+    """spec -> (median tokens/s, row-0 tokens of the last run, peak RSS MiB, RSS before the model); engines alternate."""
     rates = {s: [] for s in workers}
     last = {}
     for s, w in workers.items():  # warm-up
@@ -213,7 +241,7 @@ def measure(workers: dict, batch: int, sample: bool, n: int, repeat: int) -> dic
             last[s] = w.ask(batch, n, sample)
             rates[s].append(batch * (n - 1) / (last[s]["sec"] - t1))
             time.sleep(0.2)  # let the worker's threads go idle before the next engine runs
-    return {s: (statistics.median(r), last[s]["tokens"], last[s]["rss_mb"]) for s, r in rates.items()}
+    return {s: (statistics.median(r), last[s]["tokens"], last[s]["rss_mb"], last[s]["runtime_mb"]) for s, r in rates.items()}
 
 
 def agreement(tokens, ref) -> str:
@@ -228,9 +256,9 @@ def report(case: str, res: dict, ceil_tps: float, weight_mib: float, ref_tokens=
     peers = [v[0] for s, v in res.items() if not s.startswith("gpt2kit") and s != "hf" and v[0]]
     best_peer = max(peers) if peers else None
     rows = []
-    for s, (tps, tokens, rss) in res.items():
+    for s, (tps, tokens, rss, runtime) in res.items():
         rows.append([case, s, f"{tps:.1f}", f"{tps / hf:.2f}x" if hf else "", f"{tps / best_peer:.2f}x" if best_peer else "",
-                     f"{tps / ceil_tps:.0%}", agreement(tokens, ref_tokens), f"{rss:.0f} ({rss / weight_mib:.2f}x)"])
+                     f"{tps / ceil_tps:.0%}", agreement(tokens, ref_tokens), f"{rss:.0f}", f"{rss - runtime:.0f} ({(rss - runtime) / weight_mib:.2f}x)"])
     return rows
 
 
@@ -240,11 +268,14 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--engines", default=",".join(GPT2KIT + PEERS), help="comma-separated: " + ",".join(GPT2KIT + PEERS))
     ap.add_argument("--no-contention", action="store_true", help="skip the run beside a CPU-bound process")
+    ap.add_argument("--profile", metavar="ENGINE", help="instead: profile one gpt2kit engine's b1 greedy decode (torch.profiler, ms per token by op)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         return worker(args.worker, args.dir)
+    if args.profile:
+        return profile(args.profile, args.new_tokens)
 
     import torch
 
@@ -271,10 +302,10 @@ def main() -> None:
             rows += report("b1 greedy", b1, ceil_tps, weight_mib, ref)
             b8_workers = {s: w for s, w in workers.items() if not s.startswith("llama")}
             rows += report("b8 top-k 40", measure(b8_workers, 8, True, N, args.repeat), ceil_tps, weight_mib)
-            header = ["case", "engine", "tok/s", "vs HF", "vs best peer", "of ceiling", "greedy = ref", "peak RSS MiB (x weights)"]
+            header = ["case", "engine", "tok/s", "vs HF", "vs best peer", "of ceiling", "greedy = ref", "peak RSS MiB", "of it, model MiB (x fp32 weights)"]
             print(f"\nGPT-2 124M random weights, 32-token prompt, {N} new tokens, decode rate (prompt excluded), median of {args.repeat}; "
                   f"greedy = ref: tokens equal to {'HF' if 'hf' in b1 else 'gpt2kit fp32'}'s greedy run before the first difference; "
-                  f"weights {weight_mib:.0f} MiB fp32")
+                  f"weights {weight_mib:.0f} MiB fp32; model MiB = peak RSS minus the RSS of the interpreter and the engine's libraries before loading")
             print(table(rows, header))
             if not args.no_contention:
                 contention(workers, b1, N, args.repeat)
@@ -282,6 +313,27 @@ def main() -> None:
             for w in workers.values():
                 w.close()
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+
+
+def profile(spec: str, n: int) -> None:
+    """Where a gpt2kit decode step's time goes: self CPU ms per generated token for the top ops, and the wall time."""
+    from torch.profiler import profile as torch_profile
+
+    with tempfile.TemporaryDirectory() as d:
+        make_models(d, [spec])
+        run = Engine(spec, d).run
+    run(1, n, False)  # warm-up
+    t = time.perf_counter()
+    run(1, n, False)
+    wall = (time.perf_counter() - t) / n
+    with torch_profile() as prof:
+        run(1, n, False)
+    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in ops) / 1e3 / n
+    print(f"{spec}, b1 greedy, {n} tokens after a 32-token prompt: {wall * 1e3:.2f} ms per token without the profiler "
+          f"({1 / wall:.1f} tok/s); under it, torch ops take {total:.2f} ms per token:")
+    rows = [[e.key, f"{e.self_cpu_time_total / 1e3 / n:.3f}", f"{e.count / n:.0f}", f"{e.self_cpu_time_total / 1e3 / n / total:.0%}"] for e in ops[:12]]
+    print(table(rows, ["op", "ms/token", "calls/token", "share"]))
 
 
 def contention(workers: dict, quiet: dict, n: int, repeat: int) -> None:

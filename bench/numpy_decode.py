@@ -38,7 +38,7 @@ def child(backend: str, model_dir: str, prompt_len: int, new_tokens: int, repeat
 
         if threads:
             torch.set_num_threads(threads)
-        model = load_model(model_dir)
+        model = load_model(model_dir, inference=True)  # as the CLI verbs load it (weights prepacked)
         run = lambda n: generate(model, prompt, n, temperature=0.0)
     list(run(8))  # warm-up: allocator, BLAS thread pool
     rates, firsts, tokens = [], [], None

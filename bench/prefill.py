@@ -47,7 +47,18 @@ def main() -> None:
         with torch.inference_mode():
             ours(idx)
 
+    from gpt2kit.weights import for_inference
+
+    packed = for_inference(build_model(GPTConfig.from_hf(hf.config.to_dict()), from_hf_state_dict({k: v.clone() for k, v in hf.state_dict().items()}),
+                                       column_major=("transformer.wte.weight",)))  # as load_model(inference=True) builds it
+
+    def run_packed():
+        engine = Engine(packed, max_rows=1, max_step_tokens=args.tokens)
+        engine.add(ids, SamplingParams(temperature=0), max_tokens=1)
+        engine.step()
+
     t = alternate({"HF forward (use_cache)": run_hf, "gpt2kit prefill (engine step, last logits)": run_ours,
+                   "gpt2kit prefill, weights prepacked (as CLI verbs load)": run_packed,
                    "gpt2kit forward (all logits)": run_ours_full}, repeat=args.repeat)
     base = args.tokens / t["HF forward (use_cache)"]
     print(machine())

@@ -8,7 +8,7 @@ A fixed answer is wrong one way or the other (OMP_WAIT_POLICY=PASSIVE halves the
 here instead), so the engine asks the kernel: every `interval` seconds it reads how much CPU
 time the whole machine used (/proc/stat) beside this process's own (/proc/self/stat), and uses
 the cores the others leave free, never more than the thread count it started with.
-Linux only; elsewhere the thread count is left alone.
+Linux only; elsewhere the thread count is left alone. GPT2KIT_ADAPT_THREADS=0 turns it off.
 """
 from __future__ import annotations
 
@@ -73,9 +73,12 @@ class ThreadGovernor:
 _governor: ThreadGovernor | None = None
 
 
-def governor() -> ThreadGovernor:
-    """The process's one governor (every engine shares it: they share torch's thread pool)."""
+def governor() -> ThreadGovernor | None:
+    """The process's one governor (every engine shares it: they share torch's thread pool);
+    None when GPT2KIT_ADAPT_THREADS=0 asks for torch's thread count as it is."""
     global _governor
+    if os.environ.get("GPT2KIT_ADAPT_THREADS", "1") == "0":
+        return None
     if _governor is None:
         _governor = ThreadGovernor()
     return _governor
