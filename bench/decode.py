@@ -240,7 +240,7 @@ def measure(workers: dict, batch: int, sample: bool, n: int, repeat: int) -> dic
             t1 = w.ask(batch, 1, sample)["sec"]
             last[s] = w.ask(batch, n, sample)
             rates[s].append(batch * (n - 1) / (last[s]["sec"] - t1))
-            time.sleep(0.2)  # let the worker's threads go idle before the next engine runs
+            time.sleep(0.5)  # let the worker's threads go idle (Intel OpenMP spins 200 ms) before the next engine runs
     return {s: (statistics.median(r), last[s]["tokens"], last[s]["rss_mb"], last[s]["runtime_mb"]) for s, r in rates.items()}
 
 

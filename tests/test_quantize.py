@@ -182,3 +182,19 @@ def test_thread_governor_leaves_the_busy_core(monkeypatch):
         assert g.changes == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_generate_and_score_give_back_the_thread_count(monkeypatch):
+    from gpt2kit.inference import threads
+    from gpt2kit.inference.engine import Engine
+
+    ours = ours_from_hf(hf_model(seed=1))
+    before = torch.get_num_threads()
+    monkeypatch.setattr(threads.ThreadGovernor, "tick", lambda self: torch.set_num_threads(1))  # as beside a busy neighbour
+    try:
+        assert len(list(generate(ours, [1, 2, 3], 3, temperature=0))) == 3
+        assert torch.get_num_threads() == before
+        Engine(ours).score([[1, 2, 3, 4]])
+        assert torch.get_num_threads() == before
+    finally:
+        torch.set_num_threads(before)

@@ -18,6 +18,7 @@ import torch
 from .errors import GPT2KitError
 from .inference.engine import Engine
 from .inference.kv import BLOCK_LEN
+from .inference.threads import restoring_threads
 from .sampling import NO_FINITE_LOGIT, SamplingParams
 from .sampling_params import NAN_LOGITS_MESSAGE, check_seed
 from .streaming import TextStreamer, stream_text  # noqa: F401  (torch-free module, shared with numpy_gpt2)
@@ -70,17 +71,18 @@ def generate(
     engine = _engine_for(model, batch, num_samples, max_new_tokens)
     was_training = model.training
     try:
-        rows = [engine.add(p, params, max_tokens=max_new_tokens, seed=seed, stop_ids=set(stop_tokens), index=i)
-                for i, p in enumerate(r for r in batch for _ in range(num_samples))]
-        order = {id(r): i for i, r in enumerate(rows)}
-        while engine.has_work:
-            step: list[int | None] = [None] * len(rows)
-            for out in engine.step():
-                if out.token == NO_FINITE_LOGIT:
-                    raise GPT2KitError(NAN_LOGITS_MESSAGE)
-                if out.token is not None:
-                    step[order[id(out.row)]] = out.token
-            yield step[0] if single else step
+        with restoring_threads():  # the engine's thread governor may lower the count while it runs
+            rows = [engine.add(p, params, max_tokens=max_new_tokens, seed=seed, stop_ids=set(stop_tokens), index=i)
+                    for i, p in enumerate(r for r in batch for _ in range(num_samples))]
+            order = {id(r): i for i, r in enumerate(rows)}
+            while engine.has_work:
+                step: list[int | None] = [None] * len(rows)
+                for out in engine.step():
+                    if out.token == NO_FINITE_LOGIT:
+                        raise GPT2KitError(NAN_LOGITS_MESSAGE)
+                    if out.token is not None:
+                        step[order[id(out.row)]] = out.token
+                yield step[0] if single else step
     finally:
         model.train(was_training)
 

@@ -25,7 +25,7 @@ from .kv import BLOCK_LEN, BlockPool, PromptRecord, StepKV
 from .request import MAX_LOGPROBS, Job
 from .row import Row
 from .scheduler import Scheduler
-from .threads import governor
+from .threads import governor, restoring_threads
 
 
 @dataclass
@@ -92,8 +92,9 @@ class Engine:
         """Each prompt's (logprob, top alternatives) per token, given the tokens before it (None for the first),
         computed as scoring rows (max_tokens 0) through the same steps and prefix cache as everything else."""
         rows = [self.add(p, SamplingParams(temperature=0), max_tokens=0, prompt_logprobs=MAX_LOGPROBS) for p in prompts]
-        while any(r.finish_reason is None for r in rows):
-            self.step()
+        with restoring_threads():
+            while any(r.finish_reason is None for r in rows):
+                self.step()
         return [r.prompt_lp for r in rows]
 
     def abort(self, row: Row) -> None:

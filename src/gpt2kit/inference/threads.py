@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 
 import torch
 
@@ -82,3 +83,14 @@ def governor() -> ThreadGovernor | None:
     if _governor is None:
         _governor = ThreadGovernor()
     return _governor
+
+
+@contextmanager
+def restoring_threads():
+    """Give torch back the thread count it had (a generate() or eval call between training steps leaves none changed)."""
+    n = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        if torch.get_num_threads() != n:
+            torch.set_num_threads(n)
