@@ -12,7 +12,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def timeit(fn, repeat: int = 3, warmup: int = 1) -> float:
+def timeit(fn, repeat: int = 3, warmup: int = 1, stat=statistics.median) -> float:
     for _ in range(warmup):
         fn()
     times = []
@@ -20,7 +20,7 @@ def timeit(fn, repeat: int = 3, warmup: int = 1) -> float:
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    return stat(times)
 
 
 def alternate(fns: dict, repeat: int = 3, warmup: int = 1) -> dict[str, float]:

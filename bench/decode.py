@@ -28,7 +28,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(__file__))
-from common import table  # noqa: E402
+from common import table, timeit  # noqa: E402
 
 GPT2KIT = ["gpt2kit:float32", "gpt2kit:bfloat16", "gpt2kit:int8", "gpt2kit:int4"]
 PEERS = ["hf", "ct2:float32", "ct2:int8", "llama:f32", "llama:q8_0", "llama:q4_0"]
@@ -211,14 +211,8 @@ def ceiling(weight_bytes: int) -> dict:
     matrix-vector product with torch's default (MKL) and oneDNN kernels; each / weight bytes = a tokens/s ceiling."""
     import torch
 
-    def best(fn, n=7):
-        fn()
-        ts = []
-        for _ in range(n):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-        return min(ts)
+    def best(fn):
+        return timeit(fn, repeat=7, stat=min)
 
     w, x = torch.randn(weight_bytes // 4 // 768, 768), torch.randn(1, 768)
     out = {"read": weight_bytes / best(lambda: w.sum()) / 1e9,

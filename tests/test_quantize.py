@@ -13,6 +13,15 @@ def _logits(model, idx):
         return model(idx)[0].float()
 
 
+def _assert_cached_decode_equals_forward(q, idx, n=10):
+    """Greedy decode on the engine (paged KV cache) picks what a full forward of the same quantized model picks."""
+    toks = list(generate(q, idx[0].tolist(), n, temperature=0))
+    seq = idx[0].tolist()
+    for _ in range(n):
+        seq.append(int(_logits(q, torch.tensor([seq]))[0, -1].argmax()))
+    assert toks == seq[idx.shape[1]:]
+
+
 def test_int8_within_stated_tolerance_and_cache_consistent():
     hf = hf_model(n_layer=2, n_head=4, n_embd=128, n_positions=128, vocab_size=50257, seed=0)
     fp32 = ours_from_hf(hf)
@@ -23,11 +32,7 @@ def test_int8_within_stated_tolerance_and_cache_consistent():
     a, b = _logits(fp32, idx), _logits(q, idx)
     # stated tolerance: int8 keeps every logit within 5% of the fp32 logit spread on random GPT-2 weights
     assert (a - b).abs().max().item() <= 0.05 * (a.max() - a.min()).item()
-    toks = list(generate(q, idx[0].tolist(), 10, temperature=0))  # cached decode == uncached int8 forward
-    seq = idx[0].tolist()
-    for _ in range(10):
-        seq.append(int(_logits(q, torch.tensor([seq]))[0, -1].argmax()))
-    assert toks == seq[32:]
+    _assert_cached_decode_equals_forward(q, idx)
 
 
 def test_bf16_weights_close_to_fp32():
@@ -78,11 +83,7 @@ def test_int4_within_stated_tolerance_and_cache_consistent():
     a, b = _logits(fp32, idx), _logits(q, idx)
     # stated tolerance: int4 (groups of 32) keeps every logit within 15% of the fp32 logit spread on random weights
     assert (a - b).abs().max().item() <= 0.15 * (a.max() - a.min()).item()
-    toks = list(generate(q, idx[0].tolist(), 10, temperature=0))  # cached decode == uncached int4 forward
-    seq = idx[0].tolist()
-    for _ in range(10):
-        seq.append(int(_logits(q, torch.tensor([seq]))[0, -1].argmax()))
-    assert toks == seq[32:]
+    _assert_cached_decode_equals_forward(q, idx)
 
 
 # -- oneDNN-prepacked float weights (load_model(inference=True)) ------------------------------
