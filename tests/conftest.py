@@ -3,6 +3,10 @@ from pathlib import Path
 
 import pytest
 
+# The engine's thread governor (inference/threads.py) would see pytest's own server and CLI subprocesses as
+# busy neighbours and change torch's thread count for the rest of the session; tests of it turn it back on.
+os.environ.setdefault("GPT2KIT_ADAPT_THREADS", "0")
+
 # CI clones the repo next to shared/; tests read the shared corpora from there.
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

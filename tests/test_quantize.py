@@ -192,11 +192,15 @@ def test_generate_and_score_give_back_the_thread_count(monkeypatch):
 
     ours = ours_from_hf(hf_model(seed=1))
     before = torch.get_num_threads()
+    monkeypatch.setenv("GPT2KIT_ADAPT_THREADS", "1")  # conftest turns the governor off for the suite
+    monkeypatch.setattr(threads, "_governor", None)
     monkeypatch.setattr(threads.ThreadGovernor, "tick", lambda self: torch.set_num_threads(1))  # as beside a busy neighbour
     try:
         assert len(list(generate(ours, [1, 2, 3], 3, temperature=0))) == 3
         assert torch.get_num_threads() == before
-        Engine(ours).score([[1, 2, 3, 4]])
+        engine = Engine(ours)
+        assert engine.threads is not None
+        engine.score([[1, 2, 3, 4]])
         assert torch.get_num_threads() == before
     finally:
         torch.set_num_threads(before)
