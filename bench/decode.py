@@ -37,7 +37,7 @@ PROMPT = [(i * 7919 + 13) % 50257 for i in range(32)]  # fixed ids, the same for
 
 # -- workers: one engine each, answering {"batch", "n", "sample"} with seconds and row-0 tokens ----------
 
-class Engine:
+class Runner:
     def __init__(self, spec: str, d: str):
         kind, _, variant = spec.partition(":")
         self.run = getattr(self, f"_load_{kind}")(variant, d)
@@ -115,7 +115,7 @@ def worker(spec: str, d: str) -> None:
     for mod in RUNTIME[spec.split(":")[0]]:
         importlib.import_module(mod)
     runtime = vm_hwm_mib()  # the interpreter and the engine's libraries, before any model
-    engine = Engine(spec, d)
+    engine = Runner(spec, d)
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:
         cmd = json.loads(line)
@@ -315,7 +315,7 @@ def profile(spec: str, n: int) -> None:
 
     with tempfile.TemporaryDirectory() as d:
         make_models(d, [spec])
-        run = Engine(spec, d).run
+        run = Runner(spec, d).run
     run(1, n, False)  # warm-up
     t = time.perf_counter()
     run(1, n, False)

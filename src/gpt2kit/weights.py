@@ -6,6 +6,7 @@ the torch-free checkpoint.py. Loading is a shape-checked key copy: HF's Conv1D m
 """
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -116,22 +117,25 @@ _SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch
 def _read_tensor(f, path: str, base: int, info: dict, column_major: bool) -> torch.Tensor:
     dtype, shape = _SAFETENSORS_DTYPES[info["dtype"]], list(info["shape"])
     a, b = info["data_offsets"]
-    out = torch.empty(shape[::-1], dtype=dtype).t() if column_major and len(shape) == 2 else torch.empty(shape, dtype=dtype)
-    if b - a != out.numel() * out.element_size():
+    if b - a != math.prod(shape) * dtype.itemsize:
         raise GPT2KitError(f"cannot read {path}: a tensor's byte range does not match its shape; the file is corrupt, re-save it")
+    if not (column_major and len(shape) == 2):
+        return _pread_into(f, path, base + a, torch.empty(shape, dtype=dtype))
+    out = torch.empty(shape[::-1], dtype=dtype).t()  # (rows, cols) over column-major storage
+    row_bytes = shape[1] * dtype.itemsize
     # chunks under glibc's mmap threshold (128 KiB): larger freed buffers raise it, and later weights then land
     # in the heap, where memory freed after prepacking stays resident
-    rows = max(1, (64 << 10) // max(1, (b - a) // max(1, shape[0]))) if column_major and out.dim() == 2 else 0
-    for r in range(0, shape[0], rows) if rows else [None]:
-        part = out if r is None else torch.empty([min(rows, shape[0] - r)] + shape[1:], dtype=dtype)
-        nbytes = part.numel() * part.element_size()
-        buf = part.view(torch.uint8).numpy().reshape(-1) if part.numel() else None
-        start = base + a + (0 if r is None else r * (nbytes // part.shape[0]))
-        if buf is not None and os.preadv(f.fileno(), [buf], start) != nbytes:
-            raise GPT2KitError(f"cannot read {path}: the file is truncated; re-download or re-save it")
-        if r is not None:
-            out[r : r + part.shape[0]] = part
+    step = max(1, (64 << 10) // max(1, row_bytes))
+    for r in range(0, shape[0], step):
+        out[r : r + step] = _pread_into(f, path, base + a + r * row_bytes, torch.empty(min(step, shape[0] - r), shape[1], dtype=dtype))
     return out
+
+
+def _pread_into(f, path: str, offset: int, t: torch.Tensor) -> torch.Tensor:
+    """Fill the contiguous tensor t with the file's bytes at offset."""
+    if t.numel() and os.preadv(f.fileno(), [t.view(torch.uint8).numpy().reshape(-1)], offset) != t.numel() * t.element_size():
+        raise GPT2KitError(f"cannot read {path}: the file is truncated; re-download or re-save it")
+    return t
 
 
 def read_torch_bin(path: str) -> dict[str, torch.Tensor]:
