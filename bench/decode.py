@@ -224,16 +224,28 @@ def ceiling(weight_bytes: int) -> dict:
 
 
 def measure(workers: dict, batch: int, sample: bool, n: int, repeat: int) -> dict:
-    """spec -> (median tokens/s, row-0 tokens of the last run, peak RSS MiB, RSS before the model); engines alternate."""
+    """spec -> (median tokens/s, row-0 tokens of the last run, peak RSS MiB, RSS before the model); engines alternate.
+    An engine whose worker dies (a peer's crash) is reported and left out of this and later cases."""
     rates = {s: [] for s in workers}
     last = {}
-    for s, w in workers.items():  # warm-up
-        last[s] = w.ask(batch, n, sample)
+
+    def ask(s, w, n_):
+        try:
+            return w.ask(batch, n_, sample)
+        except RuntimeError as e:
+            print(f"{s} left out: {e}", flush=True)
+            del workers[s]
+            rates.pop(s, None)
+
+    for s, w in list(workers.items()):  # warm-up
+        last[s] = ask(s, w, n)
     for _ in range(repeat):
-        for s, w in workers.items():
-            t1 = w.ask(batch, 1, sample)["sec"]
-            last[s] = w.ask(batch, n, sample)
-            rates[s].append(batch * (n - 1) / (last[s]["sec"] - t1))
+        for s, w in list(workers.items()):
+            first = ask(s, w, 1)
+            res = first and ask(s, w, n)
+            if res:
+                last[s] = res
+                rates[s].append(batch * (n - 1) / (res["sec"] - first["sec"]))
             time.sleep(0.5)  # let the worker's threads go idle (Intel OpenMP spins 200 ms) before the next engine runs
     return {s: (statistics.median(r), last[s]["tokens"], last[s]["rss_mb"], last[s]["runtime_mb"]) for s, r in rates.items()}
 
@@ -305,7 +317,8 @@ def main() -> None:
                 contention(workers, b1, N, args.repeat)
         finally:
             for w in workers.values():
-                w.close()
+                if w.p.poll() is None:
+                    w.close()
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 
@@ -337,7 +350,7 @@ def contention(workers: dict, quiet: dict, n: int, repeat: int) -> None:
         busy = measure(workers, 1, False, n, repeat)
     finally:
         hog.kill()
-    rows = [[s, f"{quiet[s][0]:.1f}", f"{busy[s][0]:.1f}", f"{busy[s][0] / quiet[s][0]:.0%}"] for s in busy]
+    rows = [[s, f"{quiet[s][0]:.1f}", f"{busy[s][0]:.1f}", f"{busy[s][0] / quiet[s][0]:.0%}"] for s in busy if s in quiet]
     print(f"\nb1 greedy with one other CPU-bound process running (python busy loop), each engine at its default threads:")
     print(table(rows, ["engine", "quiet tok/s", "contended tok/s", "kept"]))
 
