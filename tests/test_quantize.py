@@ -26,13 +26,27 @@ def test_int8_within_stated_tolerance_and_cache_consistent():
     hf = hf_model(n_layer=2, n_head=4, n_embd=128, n_positions=128, vocab_size=50257, seed=0)
     fp32 = ours_from_hf(hf)
     q = quantize_int8(copy.deepcopy(fp32))
-    assert all("quantized.dynamic" in type(m).__module__ for m in (q.transformer.h[0].mlp.c_fc, q.transformer.h[1].attn.c_attn, q.lm_head))
-    assert q.lm_head.weight().dtype == torch.qint8
+    from gpt2kit.quantize import Int8Linear
+
+    assert all(isinstance(m, Int8Linear) for m in (q.transformer.h[0].mlp.c_fc, q.transformer.h[1].attn.c_attn, q.lm_head))
+    assert q.lm_head.weight.dtype == torch.int8
     idx = torch.randint(0, 50257, (1, 32), generator=torch.Generator().manual_seed(0))
     a, b = _logits(fp32, idx), _logits(q, idx)
     # stated tolerance: int8 keeps every logit within 5% of the fp32 logit spread on random GPT-2 weights
     assert (a - b).abs().max().item() <= 0.05 * (a.max() - a.min()).item()
     _assert_cached_decode_equals_forward(q, idx)
+
+
+def test_int8_kernel_equals_dequantized_reference():
+    from gpt2kit.quantize import Int8Linear
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(96, 40, bias=True)
+    q8 = Int8Linear(lin)
+    w = q8.dequantized()
+    assert (w - lin.weight).abs().max() <= q8.scale.max() / 2 + 1e-7  # round to nearest step
+    x = torch.randn(3, 5, 96)
+    assert (q8(x) - (x @ w.t() + lin.bias)).abs().max().item() < 1e-5
 
 
 def test_bf16_weights_close_to_fp32():
@@ -89,15 +103,14 @@ def test_int4_within_stated_tolerance_and_cache_consistent():
 # -- oneDNN-prepacked float weights (load_model(inference=True)) ------------------------------
 
 def test_prepacked_fp32_equals_hf_logits_and_greedy():
-    from gpt2kit.inference.prepack import PackedLinear, prepack_supported
-    from gpt2kit.weights import for_inference
+    from gpt2kit.inference.prepack import PackedLinear, prepack, prepack_supported
 
     if not prepack_supported():
         import pytest
 
         pytest.skip("this torch build has no oneDNN")
     hf = hf_model(n_layer=2, n_head=4, n_embd=64, n_positions=128, vocab_size=50257, seed=3)
-    ours = for_inference(ours_from_hf(hf))
+    ours = prepack(ours_from_hf(hf), head=False)  # what load_model(inference=True) does without the C step
     assert isinstance(ours.transformer.h[1].mlp.c_fc, PackedLinear)
     assert ours.lm_head.weight is ours.transformer.wte.weight  # fp32 keeps the head tied: one copy in memory
     idx = torch.randint(0, 50257, (2, 40), generator=torch.Generator().manual_seed(0))
@@ -114,8 +127,7 @@ def test_prepacked_fp32_equals_hf_logits_and_greedy():
 
 
 def test_prepacked_bf16_equals_unpacked_bf16():
-    from gpt2kit.inference.prepack import PackedLinear, prepack_supported
-    from gpt2kit.weights import for_inference
+    from gpt2kit.inference.prepack import PackedLinear, prepack, prepack_supported
 
     if not prepack_supported():
         import pytest
@@ -123,7 +135,7 @@ def test_prepacked_bf16_equals_unpacked_bf16():
         pytest.skip("this torch build has no oneDNN")
     hf = hf_model(n_layer=2, n_head=4, n_embd=128, n_positions=128, vocab_size=1000, seed=0)
     plain = ours_from_hf(hf).to(torch.bfloat16)
-    packed = for_inference(copy.deepcopy(plain))
+    packed = prepack(copy.deepcopy(plain))
     assert isinstance(packed.lm_head, PackedLinear) and packed.transformer.wte.weight.dtype == torch.bfloat16
     idx = torch.randint(0, 1000, (1, 32), generator=torch.Generator().manual_seed(0))
     a, b = _logits(plain, idx), _logits(packed, idx)
@@ -135,10 +147,11 @@ def test_inference_models_refuse_to_save(tiny_checkpoint, tmp_path):
 
     from gpt2kit import load_model, save_model
     from gpt2kit.errors import GPT2KitError
+    from gpt2kit.inference.prepack import prepack
 
-    for kw in ({"inference": True}, {"dtype": "int4"}):
+    for m in (prepack(load_model(tiny_checkpoint)), load_model(tiny_checkpoint, dtype="int4"), load_model(tiny_checkpoint, dtype="int8")):
         with pytest.raises(GPT2KitError, match="laid out for inference"):
-            save_model(load_model(tiny_checkpoint, **kw), tmp_path / "out")
+            save_model(m, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 

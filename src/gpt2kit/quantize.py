@@ -3,13 +3,13 @@
 Batch-1 decode reads every weight once per token, so it is bound by memory bandwidth; int8
 weights move a quarter of fp32's bytes, int4 an eighth (plus a scale and offset per group).
 Each Linear of the blocks, and the output head, is replaced:
-- int8: torch's dynamically quantized Linear: int8 weights with one scale per output channel,
-  activations quantized per call, multiplied by fbgemm/oneDNN int8 kernels (VNNI where the CPU
-  has them).
+- int8: Int8Linear, int8 weights with one scale per output row, fp32 activations (weight-only,
+  torch's _weight_int8pack_mm; the C decode step reads the same tensors).
 - int4: Int4Linear, group-wise asymmetric 4-bit weights (like ggml's q4_1: per group of 32 input
   weights a scale and a minimum), multiplied by torch's own int4 CPU kernel. Its vectorized path
   takes bf16 activations and scales (fp32 ones take a scalar loop ~35x slower), so each layer's
-  input is rounded to bf16 and its output is fp32 again.
+  input is rounded to bf16 and its output is fp32 again. It also keeps the codes in the C decode
+  step's plain layout (nibbles, scale_min), which that step multiplies with fp32 activations.
 The token embedding stays fp32 for the input lookup, so the head gets its own quantized copy
 and wte/lm_head are no longer tied (inference only).
 
@@ -30,24 +30,49 @@ INT4_GROUP = 32  # input weights per scale/minimum, as ggml's q4_0/q4_1 blocks
 
 
 def int8_supported() -> bool:
-    return any(e in torch.backends.quantized.supported_engines for e in ("x86", "fbgemm", "onednn", "qnnpack"))
+    return hasattr(torch.ops.aten, "_weight_int8pack_mm")
+
+
+class Int8Linear(nn.Module):
+    """y = x W^T + b with W[n] = weight[n] * scale[n]: int8 weights, one fp32 scale per output row (symmetric),
+    fp32 activations. torch's weight-only int8 kernel runs it; the C decode step (inference/native.py) reads the same tensors."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        w = linear.weight.detach().float()
+        self.out_features, self.in_features = w.shape
+        scale = w.abs().amax(1).clamp(min=1e-12) / 127  # (N,)
+        self.register_buffer("weight", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))  # (N, K)
+        self.register_buffer("scale", scale)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float().clone())
+
+    def forward(self, x):
+        y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, self.in_features).float().contiguous(), self.weight, self.scale)  # (M, N)
+        y = y.view(*x.shape[:-1], self.out_features)
+        return y if self.bias is None else y + self.bias
+
+    def dequantized(self) -> torch.Tensor:
+        return self.weight.float() * self.scale[:, None]  # (N, K): the weights this layer multiplies by
 
 
 @torch.no_grad()
 def quantize_int8(model):
-    """Quantize `model` (a gpt2kit GPT on the CPU, fp32) in place and return it."""
+    """Quantize `model` (a gpt2kit GPT on the CPU, fp32) to int8 weights in place and return it."""
     if not int8_supported():
-        raise GPT2KitError("int8 needs torch's quantized CPU kernels, which this torch build lacks; use dtype='bfloat16'")
+        raise GPT2KitError(f"int8 needs torch's weight-only int8 CPU kernel (torch >= 2.3), which torch {torch.__version__} lacks; use dtype='bfloat16'")
     if model.transformer.wte.weight.device.type != "cpu":
         raise GPT2KitError("int8 weights run on the CPU only; use dtype='bfloat16' on a GPU")
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
     _untie_head(model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao points users at torchao; the kernels are the same
-        quantize_dynamic(model, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True)
+    _replace_linears(model, Int8Linear)
     model.quantized = "int8"
     return model.eval()
+
+
+def _replace_linears(model, make) -> None:
+    for parent in [b.attn for b in model.transformer.h] + [b.mlp for b in model.transformer.h] + [model]:
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Linear):
+                setattr(parent, name, make(child))
 
 
 def _untie_head(model) -> None:
@@ -87,6 +112,11 @@ class Int4Linear(nn.Module):
         self.group, self.in_features, self.out_features = group, K, N
         self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))  # (N, K / 2) uint8
         self.register_buffer("scale_zero", torch.cat([scale, lo + 8 * scale], 2).transpose(0, 1).to(torch.bfloat16).contiguous())  # (G, N, 2)
+        # the same weights as the C decode step reads them (inference/native.py): per group of 32, byte j holds q[j] in its
+        # low nibble and q[j + 16] in its high one, and a bf16 (scale, min) pair
+        q = q[:N].view(N, K // group, 2, group // 2).to(torch.uint8)  # (N, G, 2, 16)
+        self.register_buffer("nibbles", (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(N, K // 2))  # (N, K / 2)
+        self.register_buffer("scale_min", torch.cat([scale[:N], lo[:N]], 2).to(torch.bfloat16))  # (N, G, 2)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float().clone())
 
     def forward(self, x):
@@ -94,6 +124,14 @@ class Int4Linear(nn.Module):
         y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, self.packed, self.group, self.scale_zero)  # (M, N padded), bf16
         y = y[:, : self.out_features].float().reshape(*x.shape[:-1], self.out_features)  # (..., N)
         return y if self.bias is None else y + self.bias
+
+    def dequantized(self) -> torch.Tensor:
+        """(N, K) fp32: the weights of the C decode step's format (nibbles, bf16 scale and min)."""
+        N, K, g = self.out_features, self.in_features, self.group
+        b = self.nibbles.view(N, K // g, 1, g // 2)
+        q = torch.cat([b & 15, b >> 4], 2).reshape(N, K // g, g).float()  # (N, G, g)
+        sm = self.scale_min.float()
+        return (q * sm[:, :, :1] + sm[:, :, 1:]).reshape(N, K)
 
 
 
@@ -105,9 +143,6 @@ def quantize_int4(model, group: int = INT4_GROUP):
     if model.transformer.wte.weight.device.type != "cpu":
         raise GPT2KitError("int4 weights run on the CPU only; use dtype='bfloat16' on a GPU")
     _untie_head(model)
-    for parent in [b.attn for b in model.transformer.h] + [b.mlp for b in model.transformer.h] + [model]:
-        for name, child in list(parent.named_children()):
-            if isinstance(child, nn.Linear):
-                setattr(parent, name, Int4Linear(child, group))
+    _replace_linears(model, lambda linear: Int4Linear(linear, group))
     model.quantized = "int4"
     return model.eval()

@@ -227,7 +227,11 @@ def _layout_for(dtype, inference: bool) -> bool | tuple[str, ...]:
         return False
     if not inference:
         return True
+    from .inference import native
     from .inference.prepack import prepack_supported
+
+    if native.available():
+        return False  # the C decode step reads row-major weights (torch's kernels take them too, for prompts)
 
     return ("transformer.wte.weight",) if prepack_supported() else True  # blocks are prepacked; the tied head stays F.linear
 
@@ -252,9 +256,14 @@ def to_dtype(model: GPT, dtype: torch.dtype | str | None) -> GPT:
 
 def for_inference(model: GPT) -> GPT:
     """Float weights on the CPU reordered for oneDNN (inference/prepack.py), in place: fp32 keeps the head tied to
-    the embedding (no second copy of the largest matrix), bf16 packs it too. Quantized and GPU models are left as they are."""
+    the embedding (no second copy of the largest matrix), bf16 packs it too. Quantized and GPU models are left as they
+    are, and so is every model where the C decode step (inference/native.py) is built: it reads the plain weights."""
+    from .inference import native
+
     dtype = model.transformer.wte.weight.dtype
     if getattr(model, "quantized", None) or model.transformer.wte.weight.device.type != "cpu" or dtype not in (torch.float32, torch.bfloat16):
+        return model
+    if native.available():
         return model
     from .inference.prepack import prepack
 

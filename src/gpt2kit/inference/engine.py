@@ -22,6 +22,7 @@ from ..errors import GPT2KitError
 from ..sampling import NO_FINITE_LOGIT, RowSampler, row_generator, sample_rows, top_logprobs
 from ..sampling_params import SamplingParams
 from .kv import BLOCK_LEN, BlockPool, PromptRecord, StepKV
+from .native import MAX_ROWS as NATIVE_ROWS, native_step
 from .request import MAX_LOGPROBS, Job
 from .row import Row
 from .scheduler import Scheduler
@@ -52,7 +53,7 @@ def default_kv_blocks(config, max_rows: int, dtype=torch.float32, block_len: int
 
 class Engine:
     def __init__(self, model, *, kv_blocks: int | None = None, max_rows: int = 64, max_step_tokens: int = 512,
-                 prefix_reuse: bool = True, block_len: int = BLOCK_LEN, adapt_threads: bool = True):
+                 prefix_reuse: bool = True, block_len: int = BLOCK_LEN, adapt_threads: bool = True, native: bool = True):
         cfg = model.config
         w = model.transformer.wte.weight
         self.model, self.config, self.device = model.eval(), cfg, w.device
@@ -67,6 +68,7 @@ class Engine:
         self.scheduler = Scheduler(self.pool, max_rows=max_rows, max_step_tokens=max_step_tokens, prefix_reuse=prefix_reuse)
         self.steps = 0
         self.threads = governor() if adapt_threads and self.device.type == "cpu" else None  # threads.py: cores others leave free
+        self.native = native_step(self.model, self.pool) if native else None  # native.py: decode-only steps in C
 
     # -- rows in and out -----------------------------------------------------------------------
     def add(self, prompt: list[int], params: SamplingParams, *, max_tokens: int, seed: int | None = None,
@@ -140,6 +142,10 @@ class Engine:
 
     def _forward(self, work: list[tuple[Row, int]]):
         """Run the step's tokens; returns the logits kept and each row's [lo, hi) range in them."""
+        if self.native and len(work) <= NATIVE_ROWS and all(n == 1 and not r.wants_records for r, n in work):
+            tokens = [r.span(r.computed, r.computed + 1)[0] for r, _ in work]
+            logits = self.native(tokens, [r.computed for r, _ in work], [r.blocks for r, _ in work], torch.get_num_threads())
+            return logits, [(i, i + 1) for i in range(len(work))]
         ids, pos, at, ranges = [], [], [], []
         for row, n in work:
             s = row.computed

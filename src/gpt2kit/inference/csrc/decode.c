@@ -1,0 +1,541 @@
+/* gpt2kit.inference._decode: one decode step of GPT-2 for a few rows, in C, on the CPU.
+
+A decode step reads every weight once per token; in Python each of its ~200 small torch ops costs
+a dispatch, which at batch 1 is as much time as the weights themselves. This file runs the whole
+step (embedding, 12 blocks, head) in one call, on a pool of its own threads, with the weights and
+the paged KV cache the torch model and engine already hold (raw pointers; nothing is copied).
+
+The model it computes is model.py's, token for token: pre-LN blocks, tanh GELU, attention over
+each row's blocks of the pool (inference/kv.py's layout). Linear weights come in four formats:
+fp32 and bf16 (N, K) row-major, int8 (N, K) with one fp32 scale per row, and int4 (N, K/2) bytes
+(per group of 32 inputs, byte j holds input j in its low nibble and input j + 16 in its high one)
+with a bf16 (scale, min) pair per group: w = q * scale + min. Activations stay fp32.
+
+The loops are plain C written for the compiler's vectorizer (#pragma omp simd, built with
+-fopenmp-simd, no OpenMP runtime); on x86-64 each kernel is compiled for AVX-512, AVX2 and the
+baseline, picked at load by the CPU (target_clones). The reference is the torch model:
+tests/test_native.py checks equal logits, and the engine falls back to torch without this module.
+*/
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+enum { F32 = 0, BF16 = 1, Q8 = 2, Q4 = 3 };
+#define Q4_GROUP 32
+#define MAX_THREADS 64
+#define SPIN 4000 /* pauses (~40 ns each) a worker waits for work before it sleeps */
+
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
+#define KERNEL __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define KERNEL
+#endif
+
+#if defined(__x86_64__) || defined(__i386__)
+#define cpu_relax() __builtin_ia32_pause()
+#else
+#define cpu_relax() ((void)0)
+#endif
+
+static inline float bf16_f32(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline uint16_t f32_bf16(float f) { /* round to nearest even, as torch's .to(torch.bfloat16) */
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffff) > 0x7f800000) return (uint16_t)((u >> 16) | 0x40); /* NaN stays NaN */
+    return (uint16_t)((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+}
+
+/* -- the model, as pointers into the torch tensors -------------------------------------------- */
+typedef struct {
+    int fmt, N, K;
+    const void *w;         /* f32 / bf16 / int8 (N, K); int4: uint8 (N, K / 2) */
+    const float *scale;    /* int8: (N,) */
+    const uint16_t *sm;    /* int4: bf16 (N, K / 32, 2): scale, min */
+    const float *bias;     /* (N,) or NULL */
+} Linear;
+
+typedef struct { const float *w, *b; } Norm;
+typedef struct { Norm ln_1, ln_2; Linear c_attn, attn_proj, c_fc, mlp_proj; } Layer;
+
+typedef struct {
+    int n_layer, n_head, C, V, block_len, block_size, emb_bf16, kv_bf16;
+    long num_blocks;
+    const void *wte, *wpe; /* (V, C), (block_size, C): fp32, or bf16 when emb_bf16 */
+    Layer *h;
+    Norm ln_f;
+    Linear head;
+    void *k, *v;           /* pools (n_layer, num_blocks, block_len, n_head, C / n_head) */
+    float eps;
+    int cap_rows;          /* scratch below holds this many rows */
+    float *x, *xn, *qkv, *att, *mlp, *tmp, *xsum, *scores;
+} Model;
+
+/* -- a pool of threads: run(fn) calls fn(arg, tid, nth) on nth threads and waits for all --------- */
+typedef void (*task_fn)(void *arg, int tid, int nth);
+static struct {
+    int nworkers;
+    pthread_t th[MAX_THREADS];
+    _Atomic uint64_t gen;  /* (run counter << 8) | threads of that run */
+    uint64_t born[MAX_THREADS + 1]; /* gen when each worker was made: runs after it are its to join */
+    _Atomic int pending, sleeping;
+    task_fn fn;
+    void *arg;
+    pthread_mutex_t mu, step;
+    pthread_cond_t cv;
+} P = {.mu = PTHREAD_MUTEX_INITIALIZER, .step = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+
+static void *worker(void *p) {
+    int tid = (int)(intptr_t)p;
+    uint64_t seen = P.born[tid]; /* not a fresh read: the first run may already have started */
+    for (;;) {
+        uint64_t g;
+        int spins = 0;
+        while ((g = atomic_load_explicit(&P.gen, memory_order_acquire)) == seen) {
+            if (++spins < SPIN) { cpu_relax(); continue; }
+            pthread_mutex_lock(&P.mu); /* sleep; run() wakes sleepers after it bumps gen */
+            atomic_fetch_add(&P.sleeping, 1);
+            while (atomic_load(&P.gen) == seen) pthread_cond_wait(&P.cv, &P.mu);
+            atomic_fetch_sub(&P.sleeping, 1);
+            pthread_mutex_unlock(&P.mu);
+        }
+        seen = g;
+        int nth = (int)(g & 0xff);
+        if (tid < nth) {
+            P.fn(P.arg, tid, nth);
+            atomic_fetch_sub_explicit(&P.pending, 1, memory_order_release);
+        }
+    }
+    return NULL;
+}
+
+static void after_fork_child(void) { /* the workers did not survive the fork: start afresh */
+    P.nworkers = 0;
+    atomic_store(&P.sleeping, 0);
+    pthread_mutex_init(&P.mu, NULL);
+    pthread_mutex_init(&P.step, NULL);
+    pthread_cond_init(&P.cv, NULL);
+}
+
+static int ensure_workers(int n) {
+    while (P.nworkers < n) {
+        P.born[P.nworkers + 1] = atomic_load(&P.gen);
+        if (pthread_create(&P.th[P.nworkers], NULL, worker, (void *)(intptr_t)(P.nworkers + 1))) return -1;
+        pthread_detach(P.th[P.nworkers]);
+        P.nworkers++;
+    }
+    return 0;
+}
+
+static int nthreads; /* of the step now running */
+
+static void run(task_fn fn, void *arg) {
+    int nth = nthreads;
+    if (nth <= 1) { fn(arg, 0, 1); return; }
+    P.fn = fn;
+    P.arg = arg;
+    atomic_store(&P.pending, nth - 1);
+    uint64_t g = atomic_load(&P.gen);
+    atomic_store(&P.gen, (((g >> 8) + 1) << 8) | (uint64_t)nth);
+    if (atomic_load(&P.sleeping)) {
+        pthread_mutex_lock(&P.mu);
+        pthread_cond_broadcast(&P.cv);
+        pthread_mutex_unlock(&P.mu);
+    }
+    fn(arg, 0, nth);
+    while (atomic_load_explicit(&P.pending, memory_order_acquire)) cpu_relax();
+}
+
+static void split(int n, int align, int tid, int nth, int *lo, int *hi) {
+    int chunk = ((n + nth - 1) / nth + align - 1) / align * align;
+    *lo = tid * chunk < n ? tid * chunk : n;
+    *hi = *lo + chunk < n ? *lo + chunk : n;
+}
+
+/* -- matrix-vector kernels: y[r, n] = W[n] . x[r] for n in [n0, n1), every row r ------------------ */
+KERNEL static void rows_f32(const Linear *L, int n0, int n1, const float *x, int R, float *y, int ldy) {
+    const float *W = L->w;
+    int K = L->K, n = n0;
+    for (; n + 4 <= n1; n += 4) { /* four weight rows share each load of x */
+        const float *w0 = W + (long)n * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
+        for (int r = 0; r < R; r++) {
+            const float *xr = x + (long)r * K;
+            float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+            for (int k = 0; k < K; k++) {
+                float xv = xr[k];
+                a0 += w0[k] * xv; a1 += w1[k] * xv; a2 += w2[k] * xv; a3 += w3[k] * xv;
+            }
+            float *yr = y + (long)r * ldy + n;
+            yr[0] = a0; yr[1] = a1; yr[2] = a2; yr[3] = a3;
+        }
+    }
+    for (; n < n1; n++)
+        for (int r = 0; r < R; r++) {
+            const float *w0 = W + (long)n * K, *xr = x + (long)r * K;
+            float a0 = 0;
+#pragma omp simd reduction(+ : a0)
+            for (int k = 0; k < K; k++) a0 += w0[k] * xr[k];
+            y[(long)r * ldy + n] = a0;
+        }
+}
+
+KERNEL static void rows_bf16(const Linear *L, int n0, int n1, const float *x, int R, float *y, int ldy) {
+    const uint16_t *W = L->w;
+    int K = L->K, n = n0;
+    for (; n + 4 <= n1; n += 4) {
+        const uint16_t *w0 = W + (long)n * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
+        for (int r = 0; r < R; r++) {
+            const float *xr = x + (long)r * K;
+            float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+            for (int k = 0; k < K; k++) {
+                float xv = xr[k];
+                a0 += bf16_f32(w0[k]) * xv; a1 += bf16_f32(w1[k]) * xv; a2 += bf16_f32(w2[k]) * xv; a3 += bf16_f32(w3[k]) * xv;
+            }
+            float *yr = y + (long)r * ldy + n;
+            yr[0] = a0; yr[1] = a1; yr[2] = a2; yr[3] = a3;
+        }
+    }
+    for (; n < n1; n++)
+        for (int r = 0; r < R; r++) {
+            const uint16_t *w0 = W + (long)n * K;
+            const float *xr = x + (long)r * K;
+            float a0 = 0;
+#pragma omp simd reduction(+ : a0)
+            for (int k = 0; k < K; k++) a0 += bf16_f32(w0[k]) * xr[k];
+            y[(long)r * ldy + n] = a0;
+        }
+}
+
+KERNEL static void rows_q8(const Linear *L, int n0, int n1, const float *x, int R, float *y, int ldy) {
+    const int8_t *W = L->w;
+    int K = L->K, n = n0;
+    for (; n + 4 <= n1; n += 4) {
+        const int8_t *w0 = W + (long)n * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
+        for (int r = 0; r < R; r++) {
+            const float *xr = x + (long)r * K;
+            float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
+#pragma omp simd reduction(+ : a0, a1, a2, a3)
+            for (int k = 0; k < K; k++) {
+                float xv = xr[k];
+                a0 += (float)w0[k] * xv; a1 += (float)w1[k] * xv; a2 += (float)w2[k] * xv; a3 += (float)w3[k] * xv;
+            }
+            float *yr = y + (long)r * ldy + n;
+            yr[0] = a0 * L->scale[n]; yr[1] = a1 * L->scale[n + 1]; yr[2] = a2 * L->scale[n + 2]; yr[3] = a3 * L->scale[n + 3];
+        }
+    }
+    for (; n < n1; n++)
+        for (int r = 0; r < R; r++) {
+            const int8_t *w0 = W + (long)n * K;
+            const float *xr = x + (long)r * K;
+            float a0 = 0;
+#pragma omp simd reduction(+ : a0)
+            for (int k = 0; k < K; k++) a0 += (float)w0[k] * xr[k];
+            y[(long)r * ldy + n] = a0 * L->scale[n];
+        }
+}
+
+/* int4: sum_g scale_g * (q_g . x_g) + sum_g min_g * sum(x_g); xsum (R, K / 32) holds the sums of x */
+KERNEL static void rows_q4(const Linear *L, int n0, int n1, const float *x, int R, float *y, int ldy, const float *xsum) {
+    int K = L->K, G = K / Q4_GROUP;
+    for (int n = n0; n < n1; n++) {
+        const uint8_t *q = (const uint8_t *)L->w + (long)n * (K / 2);
+        const uint16_t *sm = L->sm + (long)n * G * 2;
+        for (int r = 0; r < R; r++) {
+            const float *xr = x + (long)r * K, *xs = xsum + (long)r * G;
+            float acc[16] = {0}, mins = 0;
+            for (int g = 0; g < G; g++) {
+                const uint8_t *b = q + g * 16;
+                const float *xg = xr + g * Q4_GROUP;
+                float s = bf16_f32(sm[2 * g]);
+#pragma omp simd
+                for (int j = 0; j < 16; j++) acc[j] += s * ((float)(b[j] & 15) * xg[j] + (float)(b[j] >> 4) * xg[j + 16]);
+                mins += bf16_f32(sm[2 * g + 1]) * xs[g];
+            }
+            float t = mins;
+            for (int j = 0; j < 16; j++) t += acc[j];
+            y[(long)r * ldy + n] = t;
+        }
+    }
+}
+
+/* -- one Linear over the rows, split by output rows across the threads ------------------------ */
+enum { STORE = 0, ADD = 1, GELU = 2 };
+typedef struct { const Linear *L; const float *x, *xsum; int R; float *y; int ldy, mode; float *tmp; } MatVec;
+
+static inline float gelu(float v) { return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v))); }
+
+static void matvec_task(void *arg, int tid, int nth) {
+    MatVec *m = arg;
+    const Linear *L = m->L;
+    int n0, n1;
+    split(L->N, 16, tid, nth, &n0, &n1);
+    if (n0 >= n1) return;
+    float *out = m->mode == ADD ? m->tmp : m->y; /* ADD: y is the residual stream, the products go beside it */
+    switch (L->fmt) {
+    case F32: rows_f32(L, n0, n1, m->x, m->R, out, m->ldy); break;
+    case BF16: rows_bf16(L, n0, n1, m->x, m->R, out, m->ldy); break;
+    case Q8: rows_q8(L, n0, n1, m->x, m->R, out, m->ldy); break;
+    default: rows_q4(L, n0, n1, m->x, m->R, out, m->ldy, m->xsum); break;
+    }
+    for (int r = 0; r < m->R; r++) {
+        float *o = out + (long)r * m->ldy, *y = m->y + (long)r * m->ldy;
+        for (int n = n0; n < n1; n++) {
+            float v = o[n] + (L->bias ? L->bias[n] : 0.0f);
+            if (m->mode == GELU) y[n] = gelu(v);
+            else if (m->mode == ADD) y[n] += v; /* the residual stream */
+            else y[n] = v;
+        }
+    }
+}
+
+static void group_sums(const float *x, int R, int K, float *xsum) {
+    for (int r = 0; r < R; r++)
+        for (int g = 0; g < K / Q4_GROUP; g++) {
+            float s = 0;
+            for (int j = 0; j < Q4_GROUP; j++) s += x[(long)r * K + g * Q4_GROUP + j];
+            xsum[(long)r * (K / Q4_GROUP) + g] = s;
+        }
+}
+
+/* y (R, ldy) = x (R, K) W^T + b, then GELU (mode GELU) or added into y (mode ADD, N <= C) */
+static void linear(Model *M, const Linear *L, const float *x, int R, float *y, int ldy, int mode) {
+    if (L->fmt == Q4) group_sums(x, R, L->K, M->xsum);
+    MatVec m = {L, x, M->xsum, R, y, ldy, mode, M->tmp};
+    run(matvec_task, &m);
+}
+
+static void layer_norm(const Norm *nm, const float *x, float *y, int R, int C, float eps) {
+    for (int r = 0; r < R; r++) {
+        const float *xr = x + (long)r * C;
+        float mean = 0, var = 0;
+        for (int c = 0; c < C; c++) mean += xr[c];
+        mean /= C;
+        for (int c = 0; c < C; c++) var += (xr[c] - mean) * (xr[c] - mean);
+        float inv = 1.0f / sqrtf(var / C + eps);
+        for (int c = 0; c < C; c++) y[(long)r * C + c] = (xr[c] - mean) * inv * nm->w[c] + (nm->b ? nm->b[c] : 0.0f);
+    }
+}
+
+/* -- attention of each row's new token over its blocks of the pool ------------------------------ */
+typedef struct { Model *M; int layer, R; const int64_t *pos, *table; int nb; } Attend;
+
+static inline float kv_at(const Model *M, const void *pool, long i) {
+    return M->kv_bf16 ? bf16_f32(((const uint16_t *)pool)[i]) : ((const float *)pool)[i];
+}
+
+static long slot(const Model *M, int layer, long block, int off) { /* element index of (layer, block, off, head 0, 0) */
+    return ((layer * M->num_blocks + block) * M->block_len + off) * (long)M->C;
+}
+
+KERNEL static void attend_head(Model *M, const Attend *a, int r, int h, float *scores) {
+    int C = M->C, hs = C / M->n_head, bl = M->block_len, p = (int)a->pos[r];
+    const float *q = M->qkv + (long)r * 3 * C + h * hs;
+    const int64_t *tab = a->table + (long)r * a->nb;
+    float scale = 1.0f / sqrtf((float)hs), mx = -INFINITY;
+    for (int t = 0; t <= p; t++) {
+        long i = slot(M, a->layer, tab[t / bl], t % bl) + h * hs;
+        float s = 0;
+        if (M->kv_bf16) {
+            const uint16_t *k = (const uint16_t *)M->k + i;
+#pragma omp simd reduction(+ : s)
+            for (int d = 0; d < hs; d++) s += q[d] * bf16_f32(k[d]);
+        } else {
+            const float *k = (const float *)M->k + i;
+#pragma omp simd reduction(+ : s)
+            for (int d = 0; d < hs; d++) s += q[d] * k[d];
+        }
+        scores[t] = s * scale;
+        mx = scores[t] > mx ? scores[t] : mx;
+    }
+    float sum = 0;
+    for (int t = 0; t <= p; t++) sum += scores[t] = expf(scores[t] - mx);
+    float *out = M->att + (long)r * C + h * hs;
+    for (int d = 0; d < hs; d++) out[d] = 0;
+    for (int t = 0; t <= p; t++) {
+        long i = slot(M, a->layer, tab[t / bl], t % bl) + h * hs;
+        float w = scores[t] / sum;
+        for (int d = 0; d < hs; d++) out[d] += w * kv_at(M, M->v, i + d);
+    }
+}
+
+static void attend_task(void *arg, int tid, int nth) {
+    Attend *a = arg;
+    Model *M = a->M;
+    int lo, hi;
+    split(a->R * M->n_head, 1, tid, nth, &lo, &hi);
+    for (int i = lo; i < hi; i++) attend_head(M, a, i / M->n_head, i % M->n_head, M->scores + (long)tid * M->block_size);
+}
+
+static void store_kv(Model *M, int layer, int R, const int64_t *pos, const int64_t *table, int nb) {
+    int C = M->C;
+    for (int r = 0; r < R; r++) {
+        int p = (int)pos[r];
+        long i = slot(M, layer, table[(long)r * nb + p / M->block_len], p % M->block_len);
+        const float *k = M->qkv + (long)r * 3 * C + C, *v = k + C;
+        if (M->kv_bf16)
+            for (int c = 0; c < C; c++) { ((uint16_t *)M->k)[i + c] = f32_bf16(k[c]); ((uint16_t *)M->v)[i + c] = f32_bf16(v[c]); }
+        else {
+            memcpy((float *)M->k + i, k, C * sizeof(float));
+            memcpy((float *)M->v + i, v, C * sizeof(float));
+        }
+    }
+}
+
+/* -- the step ---------------------------------------------------------------------------------- */
+static void embed(Model *M, int R, const int64_t *tokens, const int64_t *pos) {
+    int C = M->C;
+    for (int r = 0; r < R; r++)
+        for (int c = 0; c < C; c++) {
+            long t = tokens[r] * C + c, q = pos[r] * C + c;
+            M->x[(long)r * C + c] = M->emb_bf16 ? bf16_f32(((const uint16_t *)M->wte)[t]) + bf16_f32(((const uint16_t *)M->wpe)[q])
+                                                : ((const float *)M->wte)[t] + ((const float *)M->wpe)[q];
+        }
+}
+
+static void step(Model *M, int R, const int64_t *tokens, const int64_t *pos, const int64_t *table, int nb, float *logits) {
+    int C = M->C;
+    embed(M, R, tokens, pos);
+    for (int l = 0; l < M->n_layer; l++) {
+        Layer *L = &M->h[l];
+        layer_norm(&L->ln_1, M->x, M->xn, R, C, M->eps);
+        linear(M, &L->c_attn, M->xn, R, M->qkv, 3 * C, STORE);
+        store_kv(M, l, R, pos, table, nb);
+        Attend a = {M, l, R, pos, table, nb};
+        run(attend_task, &a);
+        linear(M, &L->attn_proj, M->att, R, M->x, C, ADD);
+        layer_norm(&L->ln_2, M->x, M->xn, R, C, M->eps);
+        linear(M, &L->c_fc, M->xn, R, M->mlp, 4 * C, GELU);
+        linear(M, &L->mlp_proj, M->mlp, R, M->x, C, ADD);
+    }
+    layer_norm(&M->ln_f, M->x, M->xn, R, C, M->eps);
+    linear(M, &M->head, M->xn, R, logits, M->V, STORE);
+}
+
+static int reserve(Model *M, int R) {
+    if (R <= M->cap_rows) return 0;
+    int C = M->C;
+    float **bufs[] = {&M->x, &M->xn, &M->qkv, &M->att, &M->mlp, &M->tmp, &M->xsum};
+    long sizes[] = {(long)R * C, (long)R * C, (long)R * 3 * C, (long)R * C, (long)R * 4 * C, (long)R * C, (long)R * 4 * C / Q4_GROUP + 1};
+    for (int i = 0; i < 7; i++) {
+        free(*bufs[i]);
+        if (!(*bufs[i] = calloc(sizes[i], sizeof(float)))) return -1;
+    }
+    M->cap_rows = R;
+    return 0;
+}
+
+/* -- Python ------------------------------------------------------------------------------------ */
+static void model_free(PyObject *cap) {
+    Model *M = PyCapsule_GetPointer(cap, "gpt2kit.decode.Model");
+    if (!M) return;
+    free(M->x); free(M->xn); free(M->qkv); free(M->att); free(M->mlp); free(M->tmp); free(M->xsum); free(M->scores);
+    free(M->h);
+    free(M);
+}
+
+static int parse_linear(PyObject *t, Linear *L) {
+    unsigned long long w, scale, sm, bias;
+    if (!PyArg_ParseTuple(t, "iiiKKKK", &L->fmt, &L->N, &L->K, &w, &scale, &sm, &bias)) return -1;
+    if (L->fmt < F32 || L->fmt > Q4 || (L->fmt == Q4 && L->K % Q4_GROUP)) {
+        PyErr_SetString(PyExc_ValueError, "bad linear format");
+        return -1;
+    }
+    L->w = (const void *)(uintptr_t)w;
+    L->scale = (const float *)(uintptr_t)scale;
+    L->sm = (const uint16_t *)(uintptr_t)sm;
+    L->bias = (const float *)(uintptr_t)bias;
+    return 0;
+}
+
+static int parse_norm(PyObject *t, Norm *n) {
+    unsigned long long w, b;
+    if (!PyArg_ParseTuple(t, "KK", &w, &b)) return -1;
+    n->w = (const float *)(uintptr_t)w;
+    n->b = (const float *)(uintptr_t)b;
+    return 0;
+}
+
+/* Model(dims, embeddings, layers, ln_f, head, kv): see native.py for the tuples */
+static PyObject *py_model(PyObject *self, PyObject *args) {
+    PyObject *layers, *lnf, *head;
+    unsigned long long wte, wpe, k, v;
+    Model *M = calloc(1, sizeof(Model));
+    if (!M) return PyErr_NoMemory();
+    if (!PyArg_ParseTuple(args, "(iiiiiifl)(iKK)O!OO(iKK)", &M->n_layer, &M->n_head, &M->C, &M->V, &M->block_len, &M->block_size,
+                          &M->eps, &M->num_blocks, &M->emb_bf16, &wte, &wpe, &PyList_Type, &layers, &lnf, &head, &M->kv_bf16, &k, &v)
+        || PyList_GET_SIZE(layers) != M->n_layer) {
+        free(M);
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "layers do not match n_layer");
+        return NULL;
+    }
+    M->wte = (const void *)(uintptr_t)wte; M->wpe = (const void *)(uintptr_t)wpe;
+    M->k = (void *)(uintptr_t)k; M->v = (void *)(uintptr_t)v;
+    M->h = calloc(M->n_layer, sizeof(Layer));
+    M->scores = malloc(sizeof(float) * MAX_THREADS * M->block_size);
+    PyObject *cap = PyCapsule_New(M, "gpt2kit.decode.Model", model_free);
+    if (!cap) { free(M->h); free(M->scores); free(M); return NULL; }
+    if (!M->h || !M->scores) { Py_DECREF(cap); return PyErr_NoMemory(); }
+    for (int l = 0; l < M->n_layer; l++) {
+        PyObject *n1, *n2, *a, *ap, *f, *fp;
+        Layer *L = &M->h[l];
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(layers, l), "OOOOOO", &n1, &a, &ap, &n2, &f, &fp) || parse_norm(n1, &L->ln_1)
+            || parse_linear(a, &L->c_attn) || parse_linear(ap, &L->attn_proj) || parse_norm(n2, &L->ln_2)
+            || parse_linear(f, &L->c_fc) || parse_linear(fp, &L->mlp_proj)) {
+            Py_DECREF(cap);
+            return NULL;
+        }
+    }
+    if (parse_norm(lnf, &M->ln_f) || parse_linear(head, &M->head)) { Py_DECREF(cap); return NULL; }
+    return cap;
+}
+
+/* step(model, threads, rows, tokens, positions, tables, blocks_per_row, logits): pointers to int64 (rows,),
+   int64 (rows,), int64 (rows, blocks_per_row) and fp32 (rows, V) */
+static PyObject *py_step(PyObject *self, PyObject *args) {
+    PyObject *cap;
+    int nth, R, nb;
+    unsigned long long tok, pos, tab, out;
+    if (!PyArg_ParseTuple(args, "OiiKKKiK", &cap, &nth, &R, &tok, &pos, &tab, &nb, &out)) return NULL;
+    Model *M = PyCapsule_GetPointer(cap, "gpt2kit.decode.Model");
+    if (!M) return NULL;
+    if (R < 1 || nth < 1) { PyErr_SetString(PyExc_ValueError, "rows and threads must be >= 1"); return NULL; }
+    nth = nth > MAX_THREADS ? MAX_THREADS : nth;
+    int err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&P.step); /* one step at a time in the process: the pool and the scratch are shared */
+    if (reserve(M, R) || ensure_workers(nth - 1)) err = 1;
+    else {
+        nthreads = nth;
+        step(M, R, (const int64_t *)(uintptr_t)tok, (const int64_t *)(uintptr_t)pos, (const int64_t *)(uintptr_t)tab, nb,
+             (float *)(uintptr_t)out);
+    }
+    pthread_mutex_unlock(&P.step);
+    Py_END_ALLOW_THREADS
+    if (err) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"model", py_model, METH_VARARGS, "Wrap a model's weights and KV pool (pointers) for step()."},
+    {"step", py_step, METH_VARARGS, "One decode step for every row: writes their logits and their keys/values."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_decode", "GPT-2 decode steps in C (see native.py).", -1, methods};
+
+PyMODINIT_FUNC PyInit__decode(void) {
+    pthread_atfork(NULL, NULL, after_fork_child);
+    return PyModule_Create(&module);
+}
