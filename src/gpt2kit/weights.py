@@ -55,6 +55,20 @@ def to_hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return out
 
 
+def _skeleton(config: GPTConfig) -> GPT:
+    """A GPT with its parameters on the meta device. Their random init is skipped: on meta tensors
+    normal_ runs torch's Python reference kernel, whose first use imports torch._dynamo (2-15 s in
+    every CLI command) for values load_state_dict replaces anyway. The stand-in passes other tensors
+    to the real normal_, so a model another thread builds meanwhile is initialised as usual."""
+    normal_ = torch.nn.init.normal_
+    torch.nn.init.normal_ = lambda t, *a, **k: t if t.is_meta else normal_(t, *a, **k)
+    try:
+        with torch.device("meta"):
+            return GPT(config)
+    finally:
+        torch.nn.init.normal_ = normal_
+
+
 def build_model(config: GPTConfig, sd: dict[str, torch.Tensor], source: str = "checkpoint",
                 column_major: bool | tuple[str, ...] = False) -> GPT:
     """A GPT whose parameters are exactly `sd` (gpt2kit keys), with every shape checked.
@@ -65,8 +79,7 @@ def build_model(config: GPTConfig, sd: dict[str, torch.Tensor], source: str = "c
     batch 1, 16 -> 8 ms at batch 8). load_model uses it; training builds row-major models.
     A tuple of keys lays out only those (the rest row-major), for weights that are repacked or cast anyway.
     """
-    with torch.device("meta"):
-        model = GPT(config)
+    model = _skeleton(config)
     expected = {k: v.shape for k, v in model.state_dict().items() if k != "lm_head.weight"}
     ints = [k for k, v in sd.items() if not v.is_floating_point()]
     if ints:
