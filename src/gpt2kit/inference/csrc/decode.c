@@ -20,6 +20,7 @@ tests/test_native.py checks equal logits, and the engine falls back to torch wit
 #include <Python.h>
 #include <math.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -153,7 +154,11 @@ static void run(task_fn fn, void *arg) {
         pthread_mutex_unlock(&P.mu);
     }
     fn(arg, 0, nth);
-    while (atomic_load_explicit(&P.pending, memory_order_acquire)) cpu_relax();
+    /* wait for the workers; past a short spin, give the core away: on a busy machine the worker we
+       wait for may be queued behind us on this very core */
+    for (int spins = 0; atomic_load_explicit(&P.pending, memory_order_acquire); spins++)
+        if (spins < SPIN) cpu_relax();
+        else sched_yield();
 }
 
 static void split(int n, int align, int tid, int nth, int *lo, int *hi) {
@@ -163,18 +168,30 @@ static void split(int n, int align, int tid, int nth, int *lo, int *hi) {
 }
 
 /* -- matrix-vector kernels: y[r, n] = W[n] . x[r] for n in [n0, n1), every row r ------------------ */
-KERNEL static void rows_f32(const Linear *L, int n0, int n1, const float *x, int R, float *y, int ldy) {
-    const float *W = L->w;
-    int K = L->K, n = n0;
+static inline __attribute__((always_inline)) float weight(int fmt, const void *W, long i) {
+    switch (fmt) {
+    case BF16: return bf16_f32(((const uint16_t *)W)[i]);
+    case Q8: return (float)((const int8_t *)W)[i];
+    default: return ((const float *)W)[i];
+    }
+}
+
+/* fp32, bf16 and int8 (N, K) weights; each caller below passes a constant fmt, so the compiler makes
+   one loop per format with its load folded in. int8 rows are scaled after the dot product. */
+static inline __attribute__((always_inline)) void rows_dense(int fmt, const Linear *L, int n0, int n1, const float *x, int R,
+                                                              float *y, int ldy) {
+    const void *W = L->w;
+    long K = L->K;
+    int n = n0;
     for (; n + 4 <= n1; n += 4) { /* four weight rows share each load of x */
-        const float *w0 = W + (long)n * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
         for (int r = 0; r < R; r++) {
-            const float *xr = x + (long)r * K;
+            const float *xr = x + r * K;
             float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
 #pragma omp simd reduction(+ : a0, a1, a2, a3)
-            for (int k = 0; k < K; k++) {
+            for (long k = 0; k < K; k++) {
                 float xv = xr[k];
-                a0 += w0[k] * xv; a1 += w1[k] * xv; a2 += w2[k] * xv; a3 += w3[k] * xv;
+                a0 += weight(fmt, W, n * K + k) * xv; a1 += weight(fmt, W, (n + 1) * K + k) * xv;
+                a2 += weight(fmt, W, (n + 2) * K + k) * xv; a3 += weight(fmt, W, (n + 3) * K + k) * xv;
             }
             float *yr = y + (long)r * ldy + n;
             yr[0] = a0; yr[1] = a1; yr[2] = a2; yr[3] = a3;
@@ -182,69 +199,20 @@ KERNEL static void rows_f32(const Linear *L, int n0, int n1, const float *x, int
     }
     for (; n < n1; n++)
         for (int r = 0; r < R; r++) {
-            const float *w0 = W + (long)n * K, *xr = x + (long)r * K;
+            const float *xr = x + r * K;
             float a0 = 0;
 #pragma omp simd reduction(+ : a0)
-            for (int k = 0; k < K; k++) a0 += w0[k] * xr[k];
+            for (long k = 0; k < K; k++) a0 += weight(fmt, W, n * K + k) * xr[k];
             y[(long)r * ldy + n] = a0;
         }
+    if (fmt == Q8)
+        for (int r = 0; r < R; r++)
+            for (n = n0; n < n1; n++) y[(long)r * ldy + n] *= L->scale[n];
 }
 
-KERNEL static void rows_bf16(const Linear *L, int n0, int n1, const float *x, int R, float *y, int ldy) {
-    const uint16_t *W = L->w;
-    int K = L->K, n = n0;
-    for (; n + 4 <= n1; n += 4) {
-        const uint16_t *w0 = W + (long)n * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
-        for (int r = 0; r < R; r++) {
-            const float *xr = x + (long)r * K;
-            float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-            for (int k = 0; k < K; k++) {
-                float xv = xr[k];
-                a0 += bf16_f32(w0[k]) * xv; a1 += bf16_f32(w1[k]) * xv; a2 += bf16_f32(w2[k]) * xv; a3 += bf16_f32(w3[k]) * xv;
-            }
-            float *yr = y + (long)r * ldy + n;
-            yr[0] = a0; yr[1] = a1; yr[2] = a2; yr[3] = a3;
-        }
-    }
-    for (; n < n1; n++)
-        for (int r = 0; r < R; r++) {
-            const uint16_t *w0 = W + (long)n * K;
-            const float *xr = x + (long)r * K;
-            float a0 = 0;
-#pragma omp simd reduction(+ : a0)
-            for (int k = 0; k < K; k++) a0 += bf16_f32(w0[k]) * xr[k];
-            y[(long)r * ldy + n] = a0;
-        }
-}
-
-KERNEL static void rows_q8(const Linear *L, int n0, int n1, const float *x, int R, float *y, int ldy) {
-    const int8_t *W = L->w;
-    int K = L->K, n = n0;
-    for (; n + 4 <= n1; n += 4) {
-        const int8_t *w0 = W + (long)n * K, *w1 = w0 + K, *w2 = w1 + K, *w3 = w2 + K;
-        for (int r = 0; r < R; r++) {
-            const float *xr = x + (long)r * K;
-            float a0 = 0, a1 = 0, a2 = 0, a3 = 0;
-#pragma omp simd reduction(+ : a0, a1, a2, a3)
-            for (int k = 0; k < K; k++) {
-                float xv = xr[k];
-                a0 += (float)w0[k] * xv; a1 += (float)w1[k] * xv; a2 += (float)w2[k] * xv; a3 += (float)w3[k] * xv;
-            }
-            float *yr = y + (long)r * ldy + n;
-            yr[0] = a0 * L->scale[n]; yr[1] = a1 * L->scale[n + 1]; yr[2] = a2 * L->scale[n + 2]; yr[3] = a3 * L->scale[n + 3];
-        }
-    }
-    for (; n < n1; n++)
-        for (int r = 0; r < R; r++) {
-            const int8_t *w0 = W + (long)n * K;
-            const float *xr = x + (long)r * K;
-            float a0 = 0;
-#pragma omp simd reduction(+ : a0)
-            for (int k = 0; k < K; k++) a0 += (float)w0[k] * xr[k];
-            y[(long)r * ldy + n] = a0 * L->scale[n];
-        }
-}
+KERNEL static void rows_f32(const Linear *L, int n0, int n1, const float *x, int R, float *y, int ldy) { rows_dense(F32, L, n0, n1, x, R, y, ldy); }
+KERNEL static void rows_bf16(const Linear *L, int n0, int n1, const float *x, int R, float *y, int ldy) { rows_dense(BF16, L, n0, n1, x, R, y, ldy); }
+KERNEL static void rows_q8(const Linear *L, int n0, int n1, const float *x, int R, float *y, int ldy) { rows_dense(Q8, L, n0, n1, x, R, y, ldy); }
 
 /* int4: sum_g scale_g * (q_g . x_g) + sum_g min_g * sum(x_g); xsum (R, K / 32) holds the sums of x */
 KERNEL static void rows_q4(const Linear *L, int n0, int n1, const float *x, int R, float *y, int ldy, const float *xsum) {
