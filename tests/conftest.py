@@ -7,6 +7,12 @@ import pytest
 # busy neighbours and change torch's thread count for the rest of the session; tests of it turn it back on.
 os.environ.setdefault("GPT2KIT_ADAPT_THREADS", "0")
 
+# pytest-xdist runs test files in parallel workers (pyproject's addopts). Each worker and the CLI
+# processes it starts take one thread: two workers that each spin two OpenMP threads on two cores run
+# ~5x slower, not 2x faster. Set before torch is imported anywhere; tests of threading set their own.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 # CI clones the repo next to shared/; tests read the shared corpora from there.
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
