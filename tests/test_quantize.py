@@ -86,6 +86,23 @@ def test_int4_kernel_equals_dequantized_reference():
     assert (out - ref).abs().max().item() <= 0.01 * ref.abs().max().item()  # bf16 output rounding
 
 
+def test_quantizing_in_row_chunks_equals_quantizing_whole(monkeypatch):
+    """Layers are quantized CHUNK_ROWS rows at a time (bounded load memory); every buffer equals one whole-matrix pass."""
+    from gpt2kit import quantize
+    from gpt2kit.quantize import Int4Linear, Int8Linear
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(128, 150, bias=True)  # 150 rows: chunks of 64, 64 and a 22-row tail padded to 32
+    for make in (Int8Linear, Int4Linear):
+        whole = make(lin).state_dict()
+        monkeypatch.setattr(quantize, "CHUNK_ROWS", 64)
+        chunked = make(lin).state_dict()
+        monkeypatch.setattr(quantize, "CHUNK_ROWS", 4096)
+        assert whole.keys() == chunked.keys()
+        for k in whole:
+            assert whole[k].dtype == chunked[k].dtype and torch.equal(whole[k], chunked[k]), (make.__name__, k)
+
+
 def test_int4_within_stated_tolerance_and_cache_consistent():
     from gpt2kit.quantize import Int4Linear, quantize_int4
 

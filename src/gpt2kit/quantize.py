@@ -27,6 +27,9 @@ from .errors import GPT2KitError
 
 
 INT4_GROUP = 32  # input weights per scale/minimum, as ggml's q4_0/q4_1 blocks
+# Weights are quantized this many rows at a time, so the fp32 temporaries stay a few MiB instead of
+# several copies of the 154 MiB head. A multiple of 64: torch's int4 packing is row-separable at 64.
+CHUNK_ROWS = 4096
 
 
 def int8_supported() -> bool:
@@ -39,11 +42,15 @@ class Int8Linear(nn.Module):
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
-        w = linear.weight.detach().float()
+        w = linear.weight.detach()
         self.out_features, self.in_features = w.shape
-        scale = w.abs().amax(1).clamp(min=1e-12) / 127  # (N,)
-        self.register_buffer("weight", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))  # (N, K)
-        self.register_buffer("scale", scale)
+        self.register_buffer("weight", torch.empty(w.shape, dtype=torch.int8))  # (N, K)
+        self.register_buffer("scale", torch.empty(w.shape[0]))  # (N,)
+        for i in range(0, w.shape[0], CHUNK_ROWS):
+            c = w[i : i + CHUNK_ROWS].float()  # (rows, K)
+            scale = c.abs().amax(1).clamp(min=1e-12) / 127  # (rows,)
+            self.weight[i : i + CHUNK_ROWS] = torch.round(c / scale[:, None]).clamp(-127, 127)
+            self.scale[i : i + CHUNK_ROWS] = scale
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float().clone())
 
     def forward(self, x):
@@ -77,8 +84,8 @@ def _replace_linears(model, make) -> None:
 
 def _untie_head(model) -> None:
     """Give the output head its own weight: the embedding lookup keeps fp32 rows, the head is quantized."""
-    head = nn.Linear(model.config.n_embd, model.lm_head.weight.shape[0], bias=False)
-    head.weight = nn.Parameter(model.transformer.wte.weight.detach().float().clone())
+    head = nn.Linear(model.config.n_embd, model.lm_head.weight.shape[0], bias=False, device="meta")
+    head.weight = model.transformer.wte.weight  # shared until quantized: the quantized layer makes its own buffers
     model.lm_head = head
 
 
@@ -106,18 +113,28 @@ class Int4Linear(nn.Module):
         N, K = linear.weight.shape
         if K % group:
             raise GPT2KitError(f"int4 needs in_features divisible by {group}, got {K}")
-        w = linear.weight.detach().float()
-        w = torch.cat([w, w.new_zeros(-N % 16, K)])  # the kernel takes whole tiles of 16 rows; the padding is sliced off
-        q, scale, lo = int4_groups(w, group)
         self.group, self.in_features, self.out_features = group, K, N
-        self.register_buffer("packed", torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1))  # (N, K / 2) uint8
-        self.register_buffer("scale_zero", torch.cat([scale, lo + 8 * scale], 2).transpose(0, 1).to(torch.bfloat16).contiguous())  # (G, N, 2)
+        Np, G = N + -N % 16, K // group  # the kernel takes whole tiles of 16 rows; the padding is sliced off
+        self.register_buffer("packed", torch.empty(Np, K // 2, dtype=torch.uint8))  # (Np, K / 2), torch's int4 layout
+        self.register_buffer("scale_zero", torch.empty(G, Np, 2, dtype=torch.bfloat16))  # (G, Np, 2)
         # the same weights as the C decode step reads them (inference/native.py): per group of 32, byte j holds q[j] in its
         # low nibble and q[j + 16] in its high one, and a bf16 (scale, min) pair
-        q = q[:N].view(N, K // group, 2, group // 2).to(torch.uint8)  # (N, G, 2, 16)
-        self.register_buffer("nibbles", (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(N, K // 2))  # (N, K / 2)
-        self.register_buffer("scale_min", torch.cat([scale[:N], lo[:N]], 2).to(torch.bfloat16))  # (N, G, 2)
+        self.register_buffer("nibbles", torch.empty(N, K // 2, dtype=torch.uint8))  # (N, K / 2)
+        self.register_buffer("scale_min", torch.empty(N, G, 2, dtype=torch.bfloat16))  # (N, G, 2)
+        for i in range(0, N, CHUNK_ROWS):
+            self._quantize_rows(linear.weight.detach()[i : i + CHUNK_ROWS].float(), i)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float().clone())
+
+    def _quantize_rows(self, w: torch.Tensor, i: int) -> None:
+        """Quantize w (rows, K), the weight's rows from i on, into every buffer."""
+        rows, K, g = *w.shape, self.group
+        pad = -rows % 16 if i + rows == self.out_features else 0
+        q, scale, lo = int4_groups(torch.cat([w, w.new_zeros(pad, K)]), g)  # (rows + pad, K), (rows + pad, G, 1) twice
+        self.packed[i : i + rows + pad] = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+        self.scale_zero[:, i : i + rows + pad] = torch.cat([scale, lo + 8 * scale], 2).transpose(0, 1)
+        q = q[:rows].view(rows, K // g, 2, g // 2).to(torch.uint8)  # (rows, G, 2, 16)
+        self.nibbles[i : i + rows] = (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(rows, K // 2)
+        self.scale_min[i : i + rows] = torch.cat([scale[:rows], lo[:rows]], 2)
 
     def forward(self, x):
         x2 = x.reshape(-1, self.in_features).to(torch.bfloat16)  # (M, K)
