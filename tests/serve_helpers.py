@@ -92,7 +92,7 @@ def scripted_model(script: list[int], block_size: int = 64) -> GPT:
 class Server:
     """`python -m gpt2kit serve ... --port 0` in a subprocess; .url is read from its first line."""
 
-    def __init__(self, *args: str, timeout: float = 120.0):
+    def __init__(self, *args: str, timeout: float = 300.0):
         env = {**os.environ, "PYTHONPATH": SRC + os.pathsep + os.environ.get("PYTHONPATH", ""), "GRADIO_ANALYTICS_ENABLED": "False"}
         env.pop("GPT2KIT_API_KEY", None)
         self.log = tempfile.TemporaryFile("w+")  # stderr: a file, so a chatty server never blocks on a full pipe

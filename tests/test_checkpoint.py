@@ -11,7 +11,7 @@ from gpt2kit import checkpoint
 
 
 def _python(code: str, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", code, *map(str, args)], check=False, capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], check=False, capture_output=True, text=True, timeout=600)
 
 
 def test_import_does_not_load_torch():

@@ -42,7 +42,7 @@ def _randomize(model: torch.nn.Module, seed: int) -> None:
 
 def _run(args: list[str], **kw) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": SRC}
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=120, **kw)
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=env, timeout=600, **kw)
 
 
 @pytest.fixture(params=sorted(SHAPES))

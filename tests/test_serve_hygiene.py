@@ -59,8 +59,19 @@ def test_slow_headers_are_cut_off_and_connections_are_capped(server):
     assert all(_closed_by_server(s) for s in slow)  # each dropped once its 1 s header deadline passes
     for s in [*slow, extra]:
         s.close()
-    time.sleep(0.2)  # the server's connection_lost callbacks run
-    assert server.health()["status"] == "ok"
+    assert _healthy_within(server, 60)  # once the server's connection_lost callbacks have run (seconds on a loaded machine)
+
+
+def _healthy_within(server, seconds: float) -> bool:
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            return server.health()["status"] == "ok"
+        except httpx.TransportError:  # still at the connection cap: closed on arrival
+            time.sleep(0.1)
+    return False
 
 
 def test_a_slow_body_gets_408(server):

@@ -98,13 +98,13 @@ def test_hub_name_loads_from_cache_offline(tmp_path):
     env = {**os.environ, "HF_HUB_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     code = ("import gpt2kit, torch; m = gpt2kit.load_model('gpt2'); "
             "print(list(gpt2kit.generate(m, [464, 3290], 8, temperature=0)))")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == str(list(__import__("gpt2kit").generate(ours_from_hf(hf), [464, 3290], 8, temperature=0)))
     # and the CLI: `gpt2kit download gpt2` prints the snapshot dir; a missing release is a one-line error
-    out = subprocess.run([sys.executable, "-m", "gpt2kit", "download", "gpt2"], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "gpt2kit", "download", "gpt2"], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and out.stdout.strip().endswith("0123456789abcdef0123456789abcdef01234567")
-    out = subprocess.run([sys.executable, "-m", "gpt2kit", "download", "gpt2-large"], env=env, capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "gpt2kit", "download", "gpt2-large"], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 2 and "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
 
 
