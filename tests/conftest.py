@@ -1,4 +1,6 @@
+import contextlib
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -118,21 +120,54 @@ def full_disk_dir(tmp_path):
     subprocess.run(["umount", "-l", str(d)], check=False)
 
 
-def cli_in_process(*args):
-    """`gpt2kit ARGS` in this process, as a CompletedProcess (a subprocess costs seconds of imports on a busy machine)."""
+def cli_in_process(*args, input: str | None = None, cwd=None):
+    """`gpt2kit ARGS` run by the CLI's main() in this process, as a CompletedProcess like run_cli's.
+
+    A subprocess spends most of its time importing torch (1-2 s on a quiet machine, a minute on a loaded
+    CI runner); tests of what a verb does or prints use this, and run_cli is kept for what needs a
+    process of its own (signals, environment variables read at import, the `python -m gpt2kit` entry)."""
     import contextlib
     import io
     import subprocess
 
     from gpt2kit.cli import main
 
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    def text(initial=""):  # like a real stream: text over bytes, so `.buffer` works too
+        return io.TextIOWrapper(io.BytesIO(initial.encode()), encoding="utf-8")
+
+    out, err, stdin = text(), text(), text(input or "")
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(contextlib.redirect_stdout(out))
+        stack.enter_context(contextlib.redirect_stderr(err))
+        stack.enter_context(_replaced(sys, "stdin", stdin))
+        if cwd is not None:
+            stack.enter_context(_cwd(cwd))
         try:
             rc = main([str(a) for a in args])
-        except SystemExit as e:
-            rc = e.code
-    return subprocess.CompletedProcess(args, rc, out.getvalue(), err.getvalue())
+        except SystemExit as e:  # as the interpreter does at exit: None is 0, a message goes to stderr with 1
+            rc = e.code if isinstance(e.code, int) else 0 if e.code is None else print(e.code, file=err) or 1
+    out.flush(), err.flush()
+    return subprocess.CompletedProcess(args, rc, out.buffer.getvalue().decode(), err.buffer.getvalue().decode())
+
+
+@contextlib.contextmanager
+def _cwd(path):  # contextlib.chdir is Python 3.11+
+    saved = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(saved)
+
+
+@contextlib.contextmanager
+def _replaced(obj, name, value):
+    saved = getattr(obj, name)
+    setattr(obj, name, value)
+    try:
+        yield value
+    finally:
+        setattr(obj, name, saved)
 
 
 def sigkill_after_iter(proc, run_dir: Path, at: int, timeout: float = 300) -> int:

@@ -9,7 +9,7 @@ import json
 import shutil
 
 import pytest
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, cli_in_process, run_cli
 
 import gpt2kit
 from gpt2kit.errors import GPT2KitError
@@ -91,7 +91,8 @@ def _broken(tiny_checkpoint, tmp_path, case):
 @pytest.mark.parametrize("case", CLI_CASES)
 def test_cli_one_line(tiny_checkpoint, tmp_path, case):
     d = _broken(tiny_checkpoint, tmp_path, case)
-    r = run_cli("generate", "Hi", "--model", d, "--max-new-tokens", 1, timeout=60)
+    cli = run_cli if case == "no-model" else cli_in_process  # one case through a real `python -m gpt2kit`
+    r = cli("generate", "Hi", "--model", d, "--max-new-tokens", 1)
     assert_one_line_error(r, ALL[case][1])
     assert str(d) in r.stderr  # names the file
 
@@ -99,7 +100,7 @@ def test_cli_one_line(tiny_checkpoint, tmp_path, case):
 @pytest.mark.parametrize("case", NUMPY_CASES)
 def test_cli_numpy_backend_one_line(tiny_checkpoint, tmp_path, case):
     d = _broken(tiny_checkpoint, tmp_path, case)
-    r = run_cli("generate", "Hi", "--model", d, "--max-new-tokens", 1, "--backend", "numpy", timeout=60)
+    r = cli_in_process("generate", "Hi", "--model", d, "--max-new-tokens", 1, "--backend", "numpy")
     needle = "is stored as I64, not a float type numpy can run" if case == "int64-weights" else ALL[case][1]
     assert_one_line_error(r, needle)
 

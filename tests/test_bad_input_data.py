@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, cli_in_process as run_cli  # in this process: see conftest
 
 
 @pytest.fixture(scope="module")

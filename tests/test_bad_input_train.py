@@ -5,7 +5,7 @@ import sysconfig
 
 import pytest
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, cli_in_process as run_cli  # in this process: see conftest
 from gpt2kit.data import prepare
 
 TINY = ["--n-layer", 2, "--n-head", 2, "--n-embd", 32, "--block-size", 32, "--batch-size", 4, "--max-iters", 4,

@@ -6,12 +6,15 @@ import pytest
 
 
 def run(*args, input=None):
-    return subprocess.run([sys.executable, "-m", "gpt2kit", *map(str, args)], capture_output=True, text=True,
-                          timeout=300, input=input)
+    from conftest import cli_in_process
+
+    return cli_in_process(*args, input=input)  # in this process (see conftest); the test below also runs a real one
 
 
 def test_generate_from_checkpoint_is_seeded(tiny_checkpoint):
-    a = run("generate", "Hello", "--model", tiny_checkpoint, "--max-new-tokens", 12, "--seed", 3)
+    from conftest import run_cli
+
+    a = run_cli("generate", "Hello", "--model", tiny_checkpoint, "--max-new-tokens", 12, "--seed", 3)  # `python -m gpt2kit`
     b = run("generate", "Hello", "--model", tiny_checkpoint, "--max-new-tokens", 12, "--seed", 3)
     assert a.returncode == 0, a.stderr
     assert a.stdout == b.stdout and a.stdout.startswith("Hello")

@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file
 
 import test_train
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, cli_in_process
 from gpt2kit import load_model
 from gpt2kit.errors import GPT2KitError
 from gpt2kit.sharded_state import load_sharded
@@ -85,7 +85,7 @@ def test_two_fsdp_processes_equal_one_and_the_gathered_checkpoint_is_the_trained
         assert torch.equal(gathered(x)[0], trained(x)[0])  # rank 0's safetensors == the shards it gathered
         # 20 AdamW steps from gradients summed in another order: the losses agree to 1e-5 (above), the logits to 1e-3
         torch.testing.assert_close(gathered(x)[0], one(x)[0], atol=1e-3, rtol=0)
-    r = run_cli("generate", "--model", runs / "two", "--max-new-tokens", 5, "--seed", 0, "def ")
+    r = cli_in_process("generate", "--model", runs / "two", "--max-new-tokens", 5, "--seed", 0, "def ")
     assert r.returncode == 0 and r.stdout.startswith("def "), r.stderr[-2000:]
 
 
@@ -156,6 +156,6 @@ def test_a_damaged_sharded_state_is_one_error(runs, tmp_path):
     (["--strategy", "zero3"], "strategy must be ddp or fsdp"),
 ])
 def test_bad_strategy_is_one_line_and_writes_nothing(data_dir, tmp_path, flags, needle):
-    r = run_cli("train", "--data", data_dir, "--out", tmp_path / "out", "--device", "cpu", *flags)
+    r = cli_in_process("train", "--data", data_dir, "--out", tmp_path / "out", "--device", "cpu", *flags)
     assert_one_line_error(r, needle)
     assert not (tmp_path / "out").exists()

@@ -9,7 +9,7 @@ import sysconfig
 import pytest
 import torch
 
-from conftest import assert_one_line_error, cli_in_process as cli, hf_model, ours_from_hf, run_cli, sigkill_after_iter
+from conftest import assert_one_line_error, cli_in_process as cli, hf_model, ours_from_hf, sigkill_after_iter
 from gpt2kit.data import TokenData, prepare
 from gpt2kit.lora import add_lora, load_adapter_state, merge_adapter, merge_lora, read_adapter, save_adapter, trainable_params, wrap_adapter
 from gpt2kit.lora_format import LoraSpec
@@ -184,7 +184,7 @@ def test_lora_training_reports_trainable_params_and_saves_a_peft_adapter(base_an
     base, data = base_and_data
     flags = [*RUN]
     flags[flags.index("--max-iters") + 1] = 10
-    r = run_cli("train", "--init-from", base, "--data", data, "--out", tmp_path / "run", *flags)
+    r = cli("train", "--init-from", base, "--data", data, "--out", tmp_path / "run", *flags)
     assert r.returncode == 0, r.stderr
     # c_attn (32 -> 96) and c_fc (32 -> 128) in 2 layers at rank 4: 2 * 4 * ((32 + 96) + (32 + 128))
     assert "LoRA r=4 on c_attn,c_fc: trainable params 2,304 of " in r.stdout
@@ -263,7 +263,7 @@ def test_bad_adapters_are_one_line_errors_naming_the_fix(tiny_checkpoint, tmp_pa
     assert_one_line_error(r, f"is a LoRA adapter, not a model; load its base model with --adapter {tmp_path / 'wide'}")
     r = cli("generate", "Hi", "--model", tiny_checkpoint, "--backend", "numpy", "--adapter", tmp_path / "wide")
     assert_one_line_error(r, "--backend numpy cannot apply --adapter; use --backend torch")
-    r = run_cli("serve", "--model", tiny_checkpoint, "--adapter", tmp_path / "empty", "--no-page", "--port", 0, timeout=120)
+    r = cli("serve", "--model", tiny_checkpoint, "--adapter", tmp_path / "empty", "--no-page", "--port", 0)
     assert_one_line_error(r, "holds no adapter_config.json")  # refused before the server starts
 
 

@@ -163,7 +163,7 @@ def test_sampling_params_is_torch_free_and_shared_with_numpy_gpt2():
 
 
 def test_cli_rejects_degenerate_settings_in_one_line(tiny_checkpoint):
-    from conftest import assert_one_line_error, run_cli
+    from conftest import assert_one_line_error, cli_in_process as run_cli
 
     for backend in ("torch", "numpy"):
         base = ("generate", "hi", "--model", tiny_checkpoint, "--max-new-tokens", "3", "--backend", backend)

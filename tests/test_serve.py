@@ -278,11 +278,12 @@ def test_cli_errors_are_one_line(ckpt, tmp_path):
     import subprocess
     import sys
 
+    from conftest import cli_in_process
     from serve_helpers import SRC
 
     def serve(*args):
         env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": SRC, "HF_HUB_OFFLINE": "1"}
-        return subprocess.run([sys.executable, "-m", "gpt2kit", "serve", "--no-page", *args], capture_output=True, text=True, env=env, timeout=120)
+        return subprocess.run([sys.executable, "-m", "gpt2kit", "serve", "--no-page", *args], capture_output=True, text=True, env=env, timeout=600)
 
     r = serve("--model", str(tmp_path / "missing"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("gpt2kit serve: error: model not found")
@@ -290,9 +291,9 @@ def test_cli_errors_are_one_line(ckpt, tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        r = serve("--model", str(ckpt), "--host", "127.0.0.1", "--port", str(port))
+        r = cli_in_process("serve", "--no-page", "--model", str(ckpt), "--host", "127.0.0.1", "--port", str(port))  # saves an import
     assert r.returncode == 2 and r.stderr == f"gpt2kit serve: error: cannot listen on 127.0.0.1:{port}: Address already in use; pick another --port or --host\n"
-    r = serve("--model", str(ckpt), "--max-concurrency", "0")
+    r = cli_in_process("serve", "--no-page", "--model", str(ckpt), "--max-concurrency", "0")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "positive integer" in r.stderr
 
 

@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, cli_in_process as cli, run_cli
 
 from gpt2kit.chat_template import assistant_token_mask, template_for
 from gpt2kit.demos import chat_data
@@ -96,7 +96,7 @@ def test_sft_from_a_gpt2_model_trains_on_its_tokens_and_saves_the_template(tiny_
 
     path = _write(tmp_path / "c.jsonl", chat_data.conversations(20, seed=2))
     out = tmp_path / "ft"
-    r = run_cli("train", "--sft", "--data", str(path), "--init-from", str(tiny_checkpoint), "--out", str(out),
+    r = cli("train", "--sft", "--data", str(path), "--init-from", str(tiny_checkpoint), "--out", str(out),
                 "--max-iters", "2", "--eval-interval", "2", "--batch-size", "2", "--eval-iters", "1", "--device", "cpu",
                 "--no-progress", "--no-plot", "--threads", "1")
     assert r.returncode == 0, r.stderr
@@ -120,23 +120,23 @@ def test_bad_conversations_are_one_line_errors_naming_the_line(tmp_path, line, n
     good = json.dumps(chat_data.conversations(1)[0])
     path = tmp_path / "c.jsonl"
     path.write_text(f"{good}\n{line}\n{good}\n", encoding="utf-8")
-    r = run_cli("train", "--sft", "--data", str(path), "--out", str(tmp_path / "run"), "--max-iters", "1", *TINY)
+    r = cli("train", "--sft", "--data", str(path), "--out", str(tmp_path / "run"), "--max-iters", "1", *TINY)
     assert_one_line_error(r, needle)
     assert not (tmp_path / "run").exists()
 
 
 def test_sft_data_that_is_missing_or_too_small_is_one_line(tmp_path):
-    r = run_cli("train", "--sft", "--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "run"), *TINY)
+    r = cli("train", "--sft", "--data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "run"), *TINY)
     assert_one_line_error(r, "SFT data not found")
     path = _write(tmp_path / "one.jsonl", chat_data.conversations(1))
-    r = run_cli("train", "--sft", "--data", str(path), "--out", str(tmp_path / "run"), *TINY)
+    r = cli("train", "--sft", "--data", str(path), "--out", str(tmp_path / "run"), *TINY)
     assert_one_line_error(r, "holds 1 conversation(s); SFT needs at least 2")
 
 
 # -- the synthetic data -----------------------------------------------------------------------------
 
 def test_chat_data_is_deterministic_and_never_asks_the_held_out_questions(tmp_path):
-    r = run_cli("demo", "chat-data", "--out", str(tmp_path / "d" / "c.jsonl"), "--n", "300", "--seed", "7")
+    r = cli("demo", "chat-data", "--out", str(tmp_path / "d" / "c.jsonl"), "--n", "300", "--seed", "7")
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith(f"wrote {tmp_path / 'd' / 'c.jsonl'}: 300 conversations")
     lines = (tmp_path / "d" / "c.jsonl").read_text().splitlines()
@@ -157,7 +157,7 @@ def test_chat_data_is_deterministic_and_never_asks_the_held_out_questions(tmp_pa
 def tiny_chat_model(tmp_path_factory):
     d = tmp_path_factory.mktemp("sft")
     path = _write(d / "c.jsonl", chat_data.conversations(200, seed=0))
-    r = run_cli("train", "--sft", "--data", str(path), "--out", str(d / "run"), "--max-iters", "30", "--eval-interval", "30",
+    r = cli("train", "--sft", "--data", str(path), "--out", str(d / "run"), "--max-iters", "30", "--eval-interval", "30",
                 "--always-save-checkpoint", *TINY)
     assert r.returncode == 0, r.stderr
     return d / "run"
@@ -174,7 +174,7 @@ def _greedy_reply(model_dir, messages, max_new_tokens):
 
 
 def test_chat_streams_the_templates_reply_with_reset_and_exit(tiny_chat_model):
-    r = run_cli("chat", "--model", str(tiny_chat_model), "--temperature", "0", "--max-new-tokens", "12",
+    r = cli("chat", "--model", str(tiny_chat_model), "--temperature", "0", "--max-new-tokens", "12",
                 input="What is 1 + 2?\nAdd 3 and 4.\n/reset\nAdd 3 and 4.\n/exit\nnever read\n")
     assert r.returncode == 0, r.stderr
     q1, q2 = {"role": "user", "content": "What is 1 + 2?"}, {"role": "user", "content": "Add 3 and 4."}
@@ -189,7 +189,7 @@ def test_chat_streams_the_templates_reply_with_reset_and_exit(tiny_chat_model):
 def test_chat_drops_the_oldest_turns_to_stay_in_the_context(tiny_chat_model):
     # block 128, 64 tokens kept for the reply: a second 40-character question leaves no room for the first turn
     q = ["What is 1 + 2? " * 2, "Add 3 and 4. Add 3 and 4. Add 3 and 4."]
-    r = run_cli("chat", "--model", str(tiny_chat_model), "--temperature", "0", "--max-new-tokens", "64",
+    r = cli("chat", "--model", str(tiny_chat_model), "--temperature", "0", "--max-new-tokens", "64",
                 input="\n".join(q) + "\n")
     assert r.returncode == 0, r.stderr
     assert r.stderr.strip() == "(dropped the oldest 1 turn to stay within the 128-token context)"
@@ -198,7 +198,7 @@ def test_chat_drops_the_oldest_turns_to_stay_in_the_context(tiny_chat_model):
 
 
 def test_chat_refuses_a_message_longer_than_the_context_and_goes_on(tiny_chat_model):
-    r = run_cli("chat", "--model", str(tiny_chat_model), "--temperature", "0", "--max-new-tokens", "8",
+    r = cli("chat", "--model", str(tiny_chat_model), "--temperature", "0", "--max-new-tokens", "8",
                 input="x" * 200 + "\nAdd 3 and 4.\n")
     assert r.returncode == 0
     assert "that message alone is 218 tokens; the model's context (128) leaves 120 for a message" in r.stderr
@@ -206,7 +206,7 @@ def test_chat_refuses_a_message_longer_than_the_context_and_goes_on(tiny_chat_mo
 
 
 def test_chat_refuses_bad_sampling_flags_in_one_line(tiny_chat_model):
-    r = run_cli("chat", "--model", str(tiny_chat_model), "--top-p", "2", input="hi\n")
+    r = cli("chat", "--model", str(tiny_chat_model), "--top-p", "2", input="hi\n")
     assert_one_line_error(r, "top-p")
 
 

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, cli_in_process, run_cli
 from gpt2kit import data, sources
 from gpt2kit.data import TokenData, prepare, read_tokens
 from gpt2kit.errors import GPT2KitError
@@ -111,7 +111,7 @@ def test_kill_9_then_resume_is_byte_identical(tmp_path):
     done = len(json.loads(index.read_text())["shards"])
     n_ref = len(read_index(str(tmp_path / "ref")).shards)
     assert 1 <= done < n_ref and not out.exists(), "the prepare finished before it could be killed"
-    r = run_cli("prepare", src, "--out", out, "--shard-tokens", "40000", "--num-proc", "2", "--resume")
+    r = cli_in_process("prepare", src, "--out", out, "--shard-tokens", "40000", "--num-proc", "2", "--resume")
     assert r.returncode == 0, r.stderr[-1000:]
     assert _files(out) == _files(tmp_path / "ref")  # shards, tokenizer and meta.json
     assert sorted(os.listdir(tmp_path)) == ["big.txt", "out", "ref"]
@@ -148,7 +148,7 @@ def test_ctrl_c_then_resume_and_mismatched_resume(tmp_path, monkeypatch, small_p
     with pytest.raises(GPT2KitError, match="prepared with source_bytes"):  # the input changed
         prepare(*args, shard_tokens=3000, resume=True, progress=False)
     (tmp_path / "a.txt").write_text(text)
-    r = run_cli("prepare", tmp_path / "a.txt", "--out", tmp_path / "out", "--tokenizer", "char", "--shard-tokens", "3000", "--resume")
+    r = cli_in_process("prepare", tmp_path / "a.txt", "--out", tmp_path / "out", "--tokenizer", "char", "--shard-tokens", "3000", "--resume")
     assert_one_line_error(r, "it was prepared with --tokenizer gpt2, not 'char'")
     assert _files(tmp_path / "out.partial") == partial and _files(tmp_path / "out") == ref  # nothing touched
     prepare(*args, shard_tokens=3000, resume=True, num_proc=2, progress=False)
@@ -231,12 +231,12 @@ def test_batches_span_shards_uniformly(tmp_path):
 
 def test_bad_input_prepare(tmp_path):
     (tmp_path / "a.txt").write_text("hello world\n" * 100)
-    r = run_cli("prepare", tmp_path / "nope.txt", "--out", tmp_path / "o")
+    r = cli_in_process("prepare", tmp_path / "nope.txt", "--out", tmp_path / "o")
     assert_one_line_error(r, "input not found")
-    r = run_cli("prepare", "--out", tmp_path / "o")
+    r = cli_in_process("prepare", "--out", tmp_path / "o")
     assert_one_line_error(r, "no input: give files, directories or globs, or dataset=NAME")
     (tmp_path / "d.parquet").write_bytes(b"PAR1 not really")
-    r = run_cli("prepare", tmp_path / "d.parquet", "--out", tmp_path / "o")
+    r = cli_in_process("prepare", tmp_path / "d.parquet", "--out", tmp_path / "o")
     assert_one_line_error(r, "is not a readable Parquet file")
     r = run_cli("prepare", "--dataset", "HuggingFaceFW/fineweb-edu", "--name", "sample-10BT", "--out", tmp_path / "o",
                 env={**os.environ, "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
@@ -279,10 +279,10 @@ def test_corrupt_index_is_one_line(tmp_path):
         (tmp_path / "d" / "meta.json").write_text(json.dumps(meta))
         with pytest.raises(GPT2KitError, match=needle.replace("(", r"\(")):
             TokenData(str(tmp_path / "d"))
-    r = run_cli("train", "--data", tmp_path / "d", "--out", tmp_path / "run", "--device", "cpu", "--max-iters", "1")
+    r = cli_in_process("train", "--data", tmp_path / "d", "--out", tmp_path / "run", "--device", "cpu", "--max-iters", "1")
     assert_one_line_error(r, CORRUPT[-1][1])  # the last edit, through the CLI
     (tmp_path / "d" / "meta.json").write_text("{not json")
-    r = run_cli("eval", "perplexity", "--model", tmp_path / "nomodel", "--data", tmp_path / "d")
+    r = cli_in_process("eval", "perplexity", "--model", tmp_path / "nomodel", "--data", tmp_path / "d")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     with pytest.raises(GPT2KitError, match="is not valid JSON"):
         TokenData(str(tmp_path / "d"))

@@ -85,9 +85,9 @@ def test_server_limits():
 
 
 def test_cli_refuses_an_empty_stop_string_before_any_output(tiny_checkpoint):
-    from conftest import assert_one_line_error, run_cli
+    from conftest import assert_one_line_error, cli_in_process
 
     for backend in ("torch", "numpy"):
-        r = run_cli("generate", "hi", "--model", tiny_checkpoint, "--max-new-tokens", "3", "--backend", backend, "--stop", "")
+        r = cli_in_process("generate", "hi", "--model", tiny_checkpoint, "--max-new-tokens", "3", "--backend", backend, "--stop", "")
         assert_one_line_error(r, "stop strings must be non-empty strings")
         assert r.stdout == ""

@@ -10,7 +10,7 @@ import time
 import pytest
 import torch
 
-from conftest import hf_model, ours_from_hf, run_cli, sigkill_after_iter
+from conftest import cli_in_process, hf_model, ours_from_hf, sigkill_after_iter
 from gpt2kit.data import TokenData, prepare
 from gpt2kit.train import Trainer, configure_optimizer, init_model, lr_at, resume, resume_config, train
 from gpt2kit.train_config import TrainConfig, make_config, preset_names
@@ -134,7 +134,7 @@ def test_ctrl_c_saves_state_and_resumes(data_dir, tmp_path):
         time.sleep(0.05)
     time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
-    out_text, _ = proc.communicate(timeout=120)
+    out_text, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0
     it = json.loads(latest.read_text())["iter"]
     assert it > 0 and f"gpt2kit train --resume {out}" in out_text
@@ -224,7 +224,7 @@ def test_resume_refuses_overrides_that_cannot_take_effect(tiny_run):
 def test_resume_drops_a_torn_metrics_line_and_says_so(tiny_run):
     with open(tiny_run / "metrics.jsonl", "a") as f:
         f.write('{"step": 6, "train_lo')  # a kill in the middle of an append
-    r = run_cli("train", "--resume", tiny_run, "--max-iters", 6)
+    r = cli_in_process("train", "--resume", tiny_run, "--max-iters", 6)
     assert r.returncode == 0, r.stderr[-2000:]
     notices = [ln for ln in r.stdout.splitlines() if ln.startswith("note:")]
     assert notices == [f"note: dropped the torn last line of {tiny_run / 'metrics.jsonl'} (the previous run was killed mid-write)"]
@@ -232,6 +232,6 @@ def test_resume_drops_a_torn_metrics_line_and_says_so(tiny_run):
 
 
 def test_resume_prints_the_configured_samples(tiny_run):
-    r = run_cli("train", "--resume", tiny_run, "--max-iters", 6, "--samples", 2, "--sample-tokens", 5)
+    r = cli_in_process("train", "--resume", tiny_run, "--max-iters", 6, "--samples", 2, "--sample-tokens", 5)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("---------- sample") == 2

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from conftest import run_cli
+from conftest import cli_in_process
 from gpt2kit.data import TokenData, prepare
 from gpt2kit.train import resume, train
 from gpt2kit.train_config import TrainConfig, make_config
@@ -52,7 +52,7 @@ RECIPE_TINY = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, batch_size=2, 
 def test_gpt2_124m_recipe_end_to_end_on_cpu(tmp_path):
     """prepare (gpt2 BPE, shards) -> the gpt2-124M preset -> eval -> checkpoint -> resume, equal to one run -> eval CLI."""
     (tmp_path / "c.txt").write_text("".join(open(os.path.join(STDLIB, n), encoding="utf-8").read() for n in ("argparse.py", "typing.py")))
-    r = run_cli("prepare", tmp_path / "c.txt", "--out", tmp_path / "data", "--shard-tokens", 10_000, "--num-proc", 2)
+    r = cli_in_process("prepare", tmp_path / "c.txt", "--out", tmp_path / "data", "--shard-tokens", 10_000, "--num-proc", 2)
     assert r.returncode == 0, r.stderr[-1000:]
     index = json.loads((tmp_path / "data" / "meta.json").read_text())
     assert [s["split"] for s in index["shards"]][:4] == ["val", "train", "train", "train"]
@@ -66,7 +66,7 @@ def test_gpt2_124m_recipe_end_to_end_on_cpu(tmp_path):
     assert _metrics(a) == _metrics(b) and [m[0] for m in _metrics(a)] == [0, 2, 4]
     step = "state/step-00000004/model.safetensors"
     assert (a / step).read_bytes() == (b / step).read_bytes()
-    r = run_cli("eval", "perplexity", "--model", a, "--data", tmp_path / "data", "--max-length", 32, "--stride", 32, "--no-progress")
+    r = cli_in_process("eval", "perplexity", "--model", a, "--data", tmp_path / "data", "--max-length", 32, "--stride", 32, "--no-progress")
     assert r.returncode == 0, r.stderr[-1000:]
     ppl = json.loads(r.stdout)
     n = index["shards"][0]["tokens"]
