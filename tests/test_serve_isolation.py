@@ -78,8 +78,8 @@ def test_poison_requests_get_their_error_and_streams_in_flight_are_unchanged(ser
 
 
 def test_tiny_top_p_is_served_greedy(server):
-    greedy = httpx.post(server.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 12, "temperature": 0}).json()
-    tiny = httpx.post(server.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 12, "top_p": 1e-300, "seed": 1}).json()
+    greedy = httpx.post(server.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 12, "temperature": 0}, timeout=60).json()
+    tiny = httpx.post(server.url + "/v1/completions", json={"prompt": "Hi", "max_tokens": 12, "top_p": 1e-300, "seed": 1}, timeout=60).json()
     assert tiny["choices"][0]["text"] == greedy["choices"][0]["text"]
 
 
