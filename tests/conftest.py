@@ -120,15 +120,15 @@ def full_disk_dir(tmp_path):
     subprocess.run(["umount", "-l", str(d)], check=False)
 
 
-def cli_in_process(*args, input: str | None = None, cwd=None):
+def cli_in_process(*args, input: str | None = None):
     """`gpt2kit ARGS` run by the CLI's main() in this process, as a CompletedProcess like run_cli's.
 
     A subprocess spends most of its time importing torch (1-2 s on a quiet machine, a minute on a loaded
     CI runner); tests of what a verb does or prints use this, and run_cli is kept for what needs a
     process of its own (signals, environment variables read at import, the `python -m gpt2kit` entry)."""
-    import contextlib
     import io
     import subprocess
+    from unittest import mock
 
     from gpt2kit.cli import main
 
@@ -139,35 +139,13 @@ def cli_in_process(*args, input: str | None = None, cwd=None):
     with contextlib.ExitStack() as stack:
         stack.enter_context(contextlib.redirect_stdout(out))
         stack.enter_context(contextlib.redirect_stderr(err))
-        stack.enter_context(_replaced(sys, "stdin", stdin))
-        if cwd is not None:
-            stack.enter_context(_cwd(cwd))
+        stack.enter_context(mock.patch.object(sys, "stdin", stdin))
         try:
             rc = main([str(a) for a in args])
         except SystemExit as e:  # as the interpreter does at exit: None is 0, a message goes to stderr with 1
             rc = e.code if isinstance(e.code, int) else 0 if e.code is None else print(e.code, file=err) or 1
     out.flush(), err.flush()
     return subprocess.CompletedProcess(args, rc, out.buffer.getvalue().decode(), err.buffer.getvalue().decode())
-
-
-@contextlib.contextmanager
-def _cwd(path):  # contextlib.chdir is Python 3.11+
-    saved = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(saved)
-
-
-@contextlib.contextmanager
-def _replaced(obj, name, value):
-    saved = getattr(obj, name)
-    setattr(obj, name, value)
-    try:
-        yield value
-    finally:
-        setattr(obj, name, saved)
 
 
 def sigkill_after_iter(proc, run_dir: Path, at: int, timeout: float = 300) -> int:

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from conftest import assert_one_line_error, cli_in_process as run_cli  # in this process: see conftest
+from conftest import assert_one_line_error, cli_in_process as cli  # in this process: see conftest
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def _tree(root):
 def test_out_is_a_file(verb, corpus, tiny_checkpoint, tmp_path):
     out = tmp_path / "out"
     out.write_text("keep me")
-    r = run_cli(*VERBS[verb](corpus, tiny_checkpoint, out))
+    r = cli(*VERBS[verb](corpus, tiny_checkpoint, out))
     assert_one_line_error(r, "not a directory" if verb == "convert" else "is a file")
     assert out.read_text() == "keep me" and sorted(os.listdir(tmp_path)) == ["out"]
 
@@ -51,7 +51,7 @@ def test_out_is_a_file(verb, corpus, tiny_checkpoint, tmp_path):
 @pytest.mark.parametrize("verb", list(VERBS))
 def test_read_only_output_dir(verb, corpus, tiny_checkpoint, readonly_dir):
     out = readonly_dir / "out" if verb in ("prepare", "convert", "export-hf") else readonly_dir
-    r = run_cli(*VERBS[verb](corpus, tiny_checkpoint, out))
+    r = cli(*VERBS[verb](corpus, tiny_checkpoint, out))
     assert_one_line_error(r, "read-only file system")
     assert _tree(readonly_dir) == []
 
@@ -59,6 +59,6 @@ def test_read_only_output_dir(verb, corpus, tiny_checkpoint, readonly_dir):
 @pytest.mark.parametrize("verb", list(VERBS))
 def test_full_disk(verb, corpus, tiny_checkpoint, full_disk_dir):
     out = full_disk_dir / "out" if verb in ("prepare", "convert", "export-hf") else full_disk_dir
-    r = run_cli(*VERBS[verb](corpus, tiny_checkpoint, out))
+    r = cli(*VERBS[verb](corpus, tiny_checkpoint, out))
     assert_one_line_error(r, "no space left on device")
     assert _tree(full_disk_dir) == []  # no partial output, no temp file

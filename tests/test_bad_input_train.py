@@ -5,7 +5,7 @@ import sysconfig
 
 import pytest
 
-from conftest import assert_one_line_error, cli_in_process as run_cli  # in this process: see conftest
+from conftest import assert_one_line_error, cli_in_process as cli  # in this process: see conftest
 from gpt2kit.data import prepare
 
 TINY = ["--n-layer", 2, "--n-head", 2, "--n-embd", 32, "--block-size", 32, "--batch-size", 4, "--max-iters", 4,
@@ -23,7 +23,7 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def finished_run(data_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "run"
-    r = run_cli("train", "--data", data_dir, "--out", out, *TINY)
+    r = cli("train", "--data", data_dir, "--out", out, *TINY)
     assert r.returncode == 0, r.stderr[-2000:]
     return out
 
@@ -74,7 +74,7 @@ FRESH = [
 def test_fresh_run_bad_input(data_dir, tmp_path, make, needle):
     data, out, flags = make(data_dir, tmp_path)
     existed = out.exists()
-    r = run_cli("train", "--data", data, "--out", out, *TINY, *flags)
+    r = cli("train", "--data", data, "--out", out, *TINY, *flags)
     assert_one_line_error(r, needle)
     assert out.exists() == existed and (not out.is_dir() or not any(out.iterdir()))  # nothing written
 
@@ -115,17 +115,17 @@ def test_resume_bad_input(finished_run, tmp_path, damage, flags, needle):
     shutil.copytree(finished_run, run)
     damage(run)
     before = _snapshot(run)
-    r = run_cli("train", "--resume", run, *flags)
+    r = cli("train", "--resume", run, *flags)
     assert_one_line_error(r, needle)
     assert _snapshot(run) == before  # nothing written
 
 
 def test_read_only_out_dir(data_dir, readonly_dir):
-    r = run_cli("train", "--data", data_dir, "--out", readonly_dir / "run", *TINY)
+    r = cli("train", "--data", data_dir, "--out", readonly_dir / "run", *TINY)
     assert_one_line_error(r, "is not writable")
 
 
 def test_full_disk(data_dir, full_disk_dir):
-    r = run_cli("train", "--data", data_dir, "--out", full_disk_dir / "run", *TINY)
+    r = cli("train", "--data", data_dir, "--out", full_disk_dir / "run", *TINY)
     assert_one_line_error(r, "MiB free but a checkpoint and training state need about")
     assert not (full_disk_dir / "run").exists()

@@ -163,14 +163,14 @@ def test_sampling_params_is_torch_free_and_shared_with_numpy_gpt2():
 
 
 def test_cli_rejects_degenerate_settings_in_one_line(tiny_checkpoint):
-    from conftest import assert_one_line_error, cli_in_process as run_cli
+    from conftest import assert_one_line_error, cli_in_process as cli
 
     for backend in ("torch", "numpy"):
         base = ("generate", "hi", "--model", tiny_checkpoint, "--max-new-tokens", "3", "--backend", backend)
-        r = run_cli(*base, "--seed", "99999999999999999999999")
+        r = cli(*base, "--seed", "99999999999999999999999")
         assert_one_line_error(r, "seed must be an integer in [0, 2**64)")
         assert r.stdout == ""  # refused before the prompt is echoed
-        assert_one_line_error(run_cli(*base, "--seed", "-5"), "seed must be an integer in [0, 2**64)")
-        r = run_cli(*base, "--temperature", "1e-300")
+        assert_one_line_error(cli(*base, "--seed", "-5"), "seed must be an integer in [0, 2**64)")
+        r = cli(*base, "--temperature", "1e-300")
         assert_one_line_error(r, "use 0 for greedy")
         assert r.stdout == ""
