@@ -148,7 +148,7 @@ def cli_in_process(*args, input: str | None = None):
     return subprocess.CompletedProcess(args, rc, out.buffer.getvalue().decode(), err.buffer.getvalue().decode())
 
 
-def sigkill_after_iter(proc, run_dir: Path, at: int, timeout: float = 300) -> int:
+def sigkill_after_iter(proc, run_dir: Path, at: int, timeout: float = 600) -> int:
     """SIGKILL a training process once its run_dir/state/LATEST reaches iteration `at`; the iteration it had saved."""
     import json
     import signal

@@ -129,7 +129,7 @@ class Server:
     def health(self) -> dict:
         import httpx
 
-        return httpx.get(self.url + "/health", timeout=5).json()
+        return httpx.get(self.url + "/health", timeout=60).json()
 
     def close(self) -> None:
         if self.proc.poll() is None:

@@ -46,15 +46,15 @@ def server(tmp_path_factory):
 
 
 def test_page_needs_the_key_through_a_sign_in(server):
-    r = httpx.get(server.url + "/", headers={"accept": "text/html"})
+    r = httpx.get(server.url + "/", headers={"accept": "text/html"}, timeout=60)
     assert (r.status_code, r.headers["location"]) == (303, "/login")  # a browser is sent to the sign-in form
-    assert httpx.get(server.url + "/").status_code == 401
-    assert httpx.get(server.url + "/health").status_code == 200
-    assert httpx.get(server.url + "/v1/models").status_code == 401
-    assert httpx.post(server.url + "/login", data={"key": "wrong"}).status_code == 401
-    r = httpx.post(server.url + "/login", data={"key": KEY})
+    assert httpx.get(server.url + "/", timeout=60).status_code == 401
+    assert httpx.get(server.url + "/health", timeout=60).status_code == 200
+    assert httpx.get(server.url + "/v1/models", timeout=60).status_code == 401
+    assert httpx.post(server.url + "/login", data={"key": "wrong"}, timeout=60).status_code == 401
+    r = httpx.post(server.url + "/login", data={"key": KEY}, timeout=60)
     assert r.status_code == 303 and "HttpOnly" in r.headers["set-cookie"] and KEY not in r.headers["set-cookie"]
-    page = httpx.get(server.url + "/", cookies=r.cookies)
+    page = httpx.get(server.url + "/", cookies=r.cookies, timeout=60)
     assert page.status_code == 200 and "<html" in page.text.lower()
 
 

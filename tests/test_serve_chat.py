@@ -89,7 +89,7 @@ def test_stream_equals_non_stream_for_a_seed(server):
 
 def test_raw_sse_ends_with_done(server):
     with httpx.stream("POST", server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"},
-                      json={"messages": MSGS, "max_tokens": 3, "stream": True}) as r:
+                      json={"messages": MSGS, "max_tokens": 3, "stream": True}, timeout=60) as r:
         events = r.read().decode().split("\n\n")
     assert events[-2:] == ["data: [DONE]", ""]
     bodies = [json.loads(e.removeprefix("data: ")) for e in events[:-2]]
@@ -173,7 +173,7 @@ BAD = [
 @pytest.mark.parametrize("extra,param", BAD, ids=[f"{p}-{i}" for i, (_, p) in enumerate(BAD)])
 def test_bad_chat_requests_are_400_naming_the_field(server, extra, param):
     body = {"model": "tiny", "messages": MSGS, **extra}
-    r = httpx.post(server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, json=body)
+    r = httpx.post(server.url + "/v1/chat/completions", headers={"Authorization": f"Bearer {KEY}"}, json=body, timeout=60)
     err = r.json()["error"]
     assert r.status_code == 400 and err["param"] == param and err["type"] == "invalid_request_error" and err["message"]
 

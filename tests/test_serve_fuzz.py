@@ -112,6 +112,6 @@ def test_completions_bodies_fuzz_long(server, body):
 def test_non_finite_numbers_in_raw_json_are_400(server):
     for v in ("NaN", "Infinity", "-Infinity", "1e999"):
         r = httpx.post(server.url + "/v1/completions", content=f'{{"prompt": "x", "temperature": {v}}}'.encode(),
-                       headers={"content-type": "application/json"})
+                       headers={"content-type": "application/json"}, timeout=60)
         assert r.status_code == 400 and r.json()["error"]["param"] == "temperature", v
     assert math.isinf(float("1e999"))

@@ -43,21 +43,21 @@ def open_server(ckpt):
 def test_every_route_but_health_needs_the_key(keyed, method, path):
     r = httpx.request(method, keyed.url + path, json={"data": ["x", 1.0, 40, 1.0, 4]})
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", (path, r.text[:200])
-    assert httpx.get(keyed.url + "/health").status_code == 200
+    assert httpx.get(keyed.url + "/health", timeout=60).status_code == 200
 
 
 def test_the_key_opens_the_api_and_the_schema(keyed):
-    assert httpx.get(keyed.url + "/config", headers=AUTH).status_code == 200
-    schema = httpx.get(keyed.url + "/openapi.json", headers=AUTH).json()
+    assert httpx.get(keyed.url + "/config", headers=AUTH, timeout=60).status_code == 200
+    schema = httpx.get(keyed.url + "/openapi.json", headers=AUTH, timeout=60).json()
     assert "/v1/completions" in schema["paths"]
-    r = httpx.post(keyed.url + "/v1/completions", headers=AUTH, json={"prompt": "x", "max_tokens": 2})
+    r = httpx.post(keyed.url + "/v1/completions", headers=AUTH, json={"prompt": "x", "max_tokens": 2}, timeout=60)
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2
 
 
 @pytest.mark.parametrize("path", ["/gradio_api/upload", "/gradio_api/upload_progress", "/upload"])
 def test_uploads_are_refused_even_with_the_key(keyed, open_server, path):
     for s, headers in ((keyed, AUTH), (open_server, {})):
-        r = httpx.post(s.url + path, headers=headers, files={"files": ("a.txt", b"x" * 1000)})
+        r = httpx.post(s.url + path, headers=headers, files={"files": ("a.txt", b"x" * 1000)}, timeout=60)
         assert r.status_code == 403 and r.json()["error"]["code"] == "uploads_disabled"
 
 
@@ -65,14 +65,14 @@ def test_uploads_are_refused_even_with_the_key(keyed, open_server, path):
 def test_cross_origin_requests_are_refused_by_default(request, fixture):
     s = request.getfixturevalue(fixture)
     simple = {"Origin": EVIL, "Content-Type": "text/plain", **AUTH}  # a form-like POST needs no preflight
-    r = httpx.post(s.url + "/v1/completions", headers=simple, content=b'{"prompt": "x", "max_tokens": 1}')
+    r = httpx.post(s.url + "/v1/completions", headers=simple, content=b'{"prompt": "x", "max_tokens": 1}', timeout=60)
     assert r.status_code == 403 and r.json()["error"]["code"] == "cors_forbidden"
     assert "access-control-allow-origin" not in r.headers
     pre = httpx.options(s.url + "/v1/completions", headers={"Origin": EVIL, "Access-Control-Request-Method": "POST"})
     assert pre.status_code == 403 and "access-control-allow-origin" not in pre.headers
     assert httpx.post(s.url + "/gradio_api/call/complete", headers={"Origin": EVIL, **AUTH},
-                      json={"data": ["x", 1.0, 40, 1.0, 4]}).status_code == 403
-    same = httpx.post(s.url + "/v1/completions", headers={"Origin": s.url, **AUTH}, json={"prompt": "x", "max_tokens": 1})
+                      json={"data": ["x", 1.0, 40, 1.0, 4]}, timeout=60).status_code == 403
+    same = httpx.post(s.url + "/v1/completions", headers={"Origin": s.url, **AUTH}, json={"prompt": "x", "max_tokens": 1}, timeout=60)
     assert same.status_code == 200  # the page's own requests are same-origin
 
 
@@ -81,6 +81,6 @@ def test_cors_origin_flag_allows_that_origin_only(keyed):
                                                                 "Access-Control-Request-Headers": "authorization"})
     assert pre.status_code == 204 and pre.headers["access-control-allow-origin"] == ALLOWED
     assert "Authorization" in pre.headers["access-control-allow-headers"]
-    r = httpx.post(keyed.url + "/v1/completions", headers={"Origin": ALLOWED, **AUTH}, json={"prompt": "x", "max_tokens": 1})
+    r = httpx.post(keyed.url + "/v1/completions", headers={"Origin": ALLOWED, **AUTH}, json={"prompt": "x", "max_tokens": 1}, timeout=60)
     assert r.status_code == 200 and r.headers["access-control-allow-origin"] == ALLOWED
-    assert httpx.post(keyed.url + "/v1/completions", headers={"Origin": ALLOWED}, json={"prompt": "x"}).status_code == 401
+    assert httpx.post(keyed.url + "/v1/completions", headers={"Origin": ALLOWED}, json={"prompt": "x"}, timeout=60).status_code == 401

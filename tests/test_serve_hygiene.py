@@ -43,10 +43,10 @@ def _closed_by_server(sock: socket.socket) -> bool:
 @pytest.mark.parametrize("body", [b'{"prompt":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
                                   b'{"prompt": "x", "n": ' + b"{" * 50 + b"}" * 50 + b"}"], ids=["lists-100000", "objects-50"])
 def test_deeply_nested_json_is_400(server, body):
-    r = httpx.post(server.url + "/v1/completions", content=body, headers={"content-type": "application/json"})
+    r = httpx.post(server.url + "/v1/completions", content=body, headers={"content-type": "application/json"}, timeout=60)
     assert r.status_code == 400 and "nests arrays or objects over 32 deep" in r.json()["error"]["message"]
     # brackets inside strings do not count
-    r = httpx.post(server.url + "/v1/completions", json={"prompt": "[" * 40 + '"\\', "max_tokens": 1})
+    r = httpx.post(server.url + "/v1/completions", json={"prompt": "[" * 40 + '"\\', "max_tokens": 1}, timeout=60)
     assert r.status_code == 200
 
 

@@ -174,10 +174,10 @@ def test_nan_model_gets_a_500_with_an_openai_error(tmp_path):
     save_model(model, d, tokenizer=TOK)
     s = Server("--model", str(d), "--no-page", "--threads", "1")
     try:
-        r = httpx.post(s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 3})
+        r = httpx.post(s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 3}, timeout=60)
         assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
         assert "no finite logits" in r.json()["error"]["message"]
-        with httpx.stream("POST", s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 3, "stream": True}) as st:
+        with httpx.stream("POST", s.url + "/v1/completions", json={"prompt": "x", "max_tokens": 3, "stream": True}, timeout=60) as st:
             events = [json.loads(x[6:]) for x in st.iter_lines() if x.startswith("data: ")]
         assert events[-1]["error"]["type"] == "server_error"
         assert s.health()["status"] == "ok"

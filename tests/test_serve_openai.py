@@ -134,7 +134,7 @@ BAD = [
 
 @pytest.mark.parametrize("extra,param", BAD, ids=[f"{p}-{i}" for i, (_, p) in enumerate(BAD)])
 def test_new_fields_out_of_range_are_400_naming_the_field(server, extra, param):
-    r = httpx.post(server.url + "/v1/completions", headers=AUTH, json={"model": "tiny", "prompt": "x", "max_tokens": 2, **extra})
+    r = httpx.post(server.url + "/v1/completions", headers=AUTH, json={"model": "tiny", "prompt": "x", "max_tokens": 2, **extra}, timeout=60)
     err = r.json()["error"]
     assert r.status_code == 400 and err["param"] == param and err["type"] == "invalid_request_error"
 
@@ -193,19 +193,19 @@ def test_model_names_aliases_and_the_path(server, ckpt):
 
 def test_tokenize_and_detokenize_round_trip(server):
     text = "Hello world, naïve café 😀<|endoftext|>"
-    r = httpx.post(server.url + "/tokenize", headers=AUTH, json={"model": "tiny", "prompt": text, "add_special_tokens": True})
+    r = httpx.post(server.url + "/tokenize", headers=AUTH, json={"model": "tiny", "prompt": text, "add_special_tokens": True}, timeout=60)
     ids = TOK.encode(text, allowed_special="all")
     assert r.json() == {"count": len(ids), "max_model_len": BLOCK, "tokens": ids}
-    back = httpx.post(server.url + "/detokenize", headers=AUTH, json={"model": "tiny", "tokens": ids})
+    back = httpx.post(server.url + "/detokenize", headers=AUTH, json={"model": "tiny", "tokens": ids}, timeout=60)
     assert back.json() == {"prompt": text}
-    strs = httpx.post(server.url + "/tokenize", headers=AUTH, json={"prompt": "Hi there", "return_token_strs": True}).json()
+    strs = httpx.post(server.url + "/tokenize", headers=AUTH, json={"prompt": "Hi there", "return_token_strs": True}, timeout=60).json()
     assert strs["token_strs"] == ["Hi", " there"]
 
 
 def test_tokenize_messages_is_the_chat_prompt(server):
     msgs = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
     for gen in (True, False):
-        r = httpx.post(server.url + "/tokenize", headers=AUTH, json={"messages": msgs, "add_generation_prompt": gen})
+        r = httpx.post(server.url + "/tokenize", headers=AUTH, json={"messages": msgs, "add_generation_prompt": gen}, timeout=60)
         assert r.json()["tokens"] == TOK.encode(ChatTemplate().render(msgs, gen), allowed_special="all")
 
 
@@ -217,32 +217,32 @@ def test_tokenize_messages_is_the_chat_prompt(server):
     ("/detokenize", {"tokens": "abc"}, "tokens"),
 ])
 def test_tokenize_errors(server, path, body, param):
-    r = httpx.post(server.url + path, headers=AUTH, json=body)
+    r = httpx.post(server.url + path, headers=AUTH, json=body, timeout=60)
     assert r.status_code == 400 and r.json()["error"]["param"] == param
 
 
 def test_tokenize_is_behind_the_key_and_the_body_limit(server):
-    assert httpx.post(server.url + "/tokenize", json={"prompt": "x"}).status_code == 401
-    r = httpx.post(server.url + "/tokenize", headers=AUTH, json={"prompt": "a" * (2 * 1024 * 1024 + 1)})
+    assert httpx.post(server.url + "/tokenize", json={"prompt": "x"}, timeout=60).status_code == 401
+    r = httpx.post(server.url + "/tokenize", headers=AUTH, json={"prompt": "a" * (2 * 1024 * 1024 + 1)}, timeout=60)
     assert r.status_code == 400 and "2 MB" in r.json()["error"]["message"]
-    r = httpx.post(server.url + "/detokenize", headers=AUTH, json={"model": "gpt-9", "tokens": [1]})
+    r = httpx.post(server.url + "/detokenize", headers=AUTH, json={"model": "gpt-9", "tokens": [1]}, timeout=60)
     assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
 
 
 # -- routes and fields -----------------------------------------------------------------------------
 
 def test_unknown_routes_name_the_endpoints_and_wrong_methods_are_405(server):
-    r = httpx.get(server.url + "/v1/embeddings", headers=AUTH)
+    r = httpx.get(server.url + "/v1/embeddings", headers=AUTH, timeout=60)
     msg = r.json()["error"]["message"]
     assert r.status_code == 404 and r.json()["error"]["code"] == "unknown_url"
     assert all(e in msg for e in ("POST /v1/chat/completions", "POST /v1/completions", "POST /tokenize", "POST /detokenize"))
-    r = httpx.get(server.url + "/v1/chat/completions", headers=AUTH)
+    r = httpx.get(server.url + "/v1/chat/completions", headers=AUTH, timeout=60)
     assert r.status_code == 405 and r.headers["allow"] == "POST"
 
 
 def test_unknown_fields_are_ignored_and_logged_once(server):
     for _ in range(3):
-        r = httpx.post(server.url + "/v1/completions", headers=AUTH, json={"prompt": "x", "max_tokens": 1, "frobnicate_me": 1})
+        r = httpx.post(server.url + "/v1/completions", headers=AUTH, json={"prompt": "x", "max_tokens": 1, "frobnicate_me": 1}, timeout=60)
         assert r.status_code == 200
     log = server.stderr()
     assert log.count("frobnicate_me") == 1 and "ignoring the unknown request field 'frobnicate_me'" in log

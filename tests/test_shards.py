@@ -101,7 +101,7 @@ def test_kill_9_then_resume_is_byte_identical(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "gpt2kit", "prepare", str(src), "--out", str(out), "--shard-tokens", "40000",
                              "--num-proc", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     index = tmp_path / "out.partial" / "meta.json"
-    deadline = time.time() + 120
+    deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         if index.exists() and json.loads(index.read_text())["shards"]:
             break
