@@ -30,7 +30,8 @@ import time
 sys.path.insert(0, os.path.dirname(__file__))
 from common import table, timeit  # noqa: E402
 
-GPT2KIT = ["gpt2kit:float32", "gpt2kit:bfloat16", "gpt2kit:int8", "gpt2kit:int4"]
+# +fp32acts: int8/int4 weights on fp32 activations (GPT2KIT_INT8_ACTIVATIONS=0), beside the default int8 ones (VNNI)
+GPT2KIT = ["gpt2kit:float32", "gpt2kit:bfloat16", "gpt2kit:int8", "gpt2kit:int8+fp32acts", "gpt2kit:int4", "gpt2kit:int4+fp32acts"]
 PEERS = ["hf", "ct2:float32", "ct2:int8", "llama:f32", "llama:q8_0", "llama:q4_0"]
 PROMPT = [(i * 7919 + 13) % 50257 for i in range(32)]  # fixed ids, the same for every engine
 
@@ -42,7 +43,10 @@ class Runner:
         kind, _, variant = spec.partition(":")
         self.run = getattr(self, f"_load_{kind}")(variant, d)
 
-    def _load_gpt2kit(self, dtype, d):
+    def _load_gpt2kit(self, variant, d):
+        dtype, _, acts = variant.partition("+")
+        if acts == "fp32acts":
+            os.environ["GPT2KIT_INT8_ACTIVATIONS"] = "0"  # this worker process only
         import gpt2kit
 
         model = gpt2kit.load_model(os.path.join(d, "gpt2kit"), dtype=dtype, inference=True)

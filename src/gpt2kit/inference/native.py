@@ -10,6 +10,11 @@ The extension is built by `pip install` with the system's C compiler; where it c
 built, or GPT2KIT_NATIVE=0, or the model holds weights it does not read (oneDNN-packed ones, a
 GPU), the engine uses the torch model for every step. tests/test_native.py checks its logits
 against the torch path.
+
+int8 and int4 weights run on int8 activations where the CPU has VNNI (as ggml's q8_0/q4_0 do:
+each group of 32 inputs rounded to int8 codes and a scale), which halves the work per weight
+byte; GPT2KIT_INT8_ACTIVATIONS=0 keeps fp32 activations, whose logits equal the dequantized
+weights' (1e-5). Steps that return log-probs run the torch model either way.
 """
 from __future__ import annotations
 
@@ -32,14 +37,22 @@ def available() -> bool:
     return _decode is not None and os.environ.get("GPT2KIT_NATIVE", "1") != "0"
 
 
+def _int8_activations_default() -> bool:
+    return os.environ.get("GPT2KIT_INT8_ACTIVATIONS", "1") != "0"
+
+
 def _ptr(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.data_ptr()
 
 
 class NativeStep:
-    """Decode steps for `model` over `pool` (inference.kv.BlockPool); build with native_step()."""
+    """Decode steps for `model` over `pool` (inference.kv.BlockPool); build with native_step().
 
-    def __init__(self, model, pool):
+    int8_activations: int8/int4 linears take int8-rounded activations where the CPU has VNNI
+    (self.int8_activations says whether they do); False keeps fp32 activations.
+    """
+
+    def __init__(self, model, pool, int8_activations: bool | None = None):
         cfg = model.config
         self._keep: list[torch.Tensor] = []  # fp32 copies of small bf16 tensors, alive as long as the C model
         wte = model.transformer.wte.weight
@@ -51,7 +64,9 @@ class NativeStep:
         self.model, self.pool, self.vocab = model, pool, cfg.vocab_size
         self._c = _decode.model(dims, (int(emb_bf16), _ptr(wte), _ptr(model.transformer.wpe.weight)), layers,
                                 self._norm(model.transformer.ln_f), self._linear(model.lm_head),
-                                (int(pool.k.dtype == torch.bfloat16), _ptr(pool.k), _ptr(pool.v)))
+                                (int(pool.k.dtype == torch.bfloat16), _ptr(pool.k), _ptr(pool.v)),
+                                _int8_activations_default() if int8_activations is None else int8_activations)
+        self.int8_activations = _decode.int8_activations(self._c)
         self._logits = torch.empty(0)
 
     def _f32(self, t: torch.Tensor | None) -> torch.Tensor | None:
@@ -89,11 +104,11 @@ class NativeStep:
         return logits[:, : self.vocab]
 
 
-def native_step(model, pool) -> NativeStep | None:
+def native_step(model, pool, int8_activations: bool | None = None) -> NativeStep | None:
     """A NativeStep when the C step is available and reads every weight of `model` where it is; else None."""
     if not available() or not _readable(model) or pool.k.device.type != "cpu" or pool.k.dtype not in (torch.float32, torch.bfloat16):
         return None
-    return NativeStep(model, pool)
+    return NativeStep(model, pool, int8_activations)
 
 
 def _readable(model) -> bool:

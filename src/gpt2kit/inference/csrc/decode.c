@@ -37,6 +37,13 @@ enum { F32 = 0, BF16 = 1, Q8 = 2, Q4 = 3 };
 #define KERNEL
 #endif
 
+/* int8 x int8 dot products (VNNI: vpdpbusd) for the int8 and int4 weights; picked at run time */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define VNNI_KERNELS 1
+#define VNNI __attribute__((target("avx2,fma,avx512f,avx512vl,avx512bw,avx512vnni")))
+#endif
+
 #if defined(__x86_64__) || defined(__i386__)
 #define cpu_relax() __builtin_ia32_pause()
 #else
@@ -79,7 +86,10 @@ typedef struct {
     void *k, *v;           /* pools (n_layer, num_blocks, block_len, n_head, C / n_head) */
     float eps;
     int cap_rows;          /* scratch below holds this many rows */
+    int int8_acts;         /* int8 and int4 linears take int8 activations (VNNI kernels; see quantize_rows) */
     float *x, *xn, *qkv, *att, *mlp, *tmp, *xsum, *scores;
+    float *xd;             /* (R, 4C / 32) each group's activation scale */
+    int8_t *qx;            /* (R, 4C) the activations as int8 codes */
 } Model;
 
 /* -- a pool of threads: run(fn) calls fn(arg, tid, nth) on nth threads and waits for all --------- */
@@ -238,9 +248,111 @@ KERNEL static void rows_q4(const Linear *L, int n0, int n1, const float *x, int 
     }
 }
 
+/* -- the same with int8 activations ----------------------------------------------------------------
+   As ggml's q8_0: each group of 32 inputs of a row becomes int8 codes and one scale (x ~ qx * xd),
+   so a group's dot product is one vpdpbusd (unsigned bytes times signed bytes, summed in int32)
+   and one fp32 multiply-add. The cost is activation rounding (|error| <= xd / 2 per input);
+   tests/test_native.py states the logit tolerance, the README the perplexity. */
+static void quantize_rows(const float *x, int R, int K, int8_t *qx, float *xd, float *xsum) {
+    for (long i = 0; i < (long)R * K / Q4_GROUP; i++) {
+        const float *g = x + i * Q4_GROUP;
+        float amax = 0, sum = 0;
+        for (int j = 0; j < Q4_GROUP; j++) { amax = fmaxf(amax, fabsf(g[j])); sum += g[j]; }
+        float d = amax / 127.0f, id = amax > 0 ? 127.0f / amax : 0.0f;
+        for (int j = 0; j < Q4_GROUP; j++) qx[i * Q4_GROUP + j] = (int8_t)lrintf(g[j] * id);
+        xd[i] = d;
+        xsum[i] = sum;
+    }
+}
+
+#ifdef VNNI_KERNELS
+VNNI static inline float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+
+/* int8 (N, K) weights: |x| as the unsigned side, the weight with x's sign as the signed side */
+VNNI static void rows_q8_x8(const Linear *L, int n0, int n1, const int8_t *qx, const float *xd, int R, float *y, int ldy) {
+    int K = L->K, G = K / Q4_GROUP;
+    for (int n = n0; n < n1; n++) {
+        const int8_t *w = (const int8_t *)L->w + (long)n * K;
+        for (int r = 0; r < R; r++) {
+            const int8_t *xq = qx + (long)r * K;
+            const float *d = xd + (long)r * G;
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+            int g = 0;
+            for (; g + 2 <= G; g += 2) { /* two chains: the multiply-adds do not wait on each other */
+                __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + g * 32)), x1 = _mm256_loadu_si256((const __m256i *)(xq + g * 32 + 32));
+                __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + g * 32)), w1 = _mm256_loadu_si256((const __m256i *)(w + g * 32 + 32));
+                __m256i p0 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(x0, x0), _mm256_sign_epi8(w0, x0));
+                __m256i p1 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(x1, x1), _mm256_sign_epi8(w1, x1));
+                a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(d + g), a0);
+                a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_broadcast_ss(d + g + 1), a1);
+            }
+            for (; g < G; g++) {
+                __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + g * 32)), w0 = _mm256_loadu_si256((const __m256i *)(w + g * 32));
+                __m256i p0 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(x0, x0), _mm256_sign_epi8(w0, x0));
+                a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(d + g), a0);
+            }
+            y[(long)r * ldy + n] = hsum8(_mm256_add_ps(a0, a1)) * L->scale[n];
+        }
+    }
+}
+
+/* int4 codes (0..15) are already the unsigned side; a group's 16 bytes unpack to its 32 codes in input order */
+VNNI static void rows_q4_x8(const Linear *L, int n0, int n1, const int8_t *qx, const float *xd, const float *xsum, int R,
+                            float *y, int ldy) {
+    int K = L->K, G = K / Q4_GROUP;
+    float sd[4096 / Q4_GROUP]; /* scale_g * xd_g of one (weight row, row) pair; K <= 4096 (checked at load) */
+    const __m256i low = _mm256_set1_epi8(15);
+    for (int n = n0; n < n1; n++) {
+        const uint8_t *q = (const uint8_t *)L->w + (long)n * (K / 2);
+        const uint16_t *sm = L->sm + (long)n * G * 2;
+        for (int r = 0; r < R; r++) {
+            const int8_t *xq = qx + (long)r * K;
+            const float *d = xd + (long)r * G, *xs = xsum + (long)r * G;
+            float mins = 0;
+            for (int g = 0; g < G; g++) {
+                sd[g] = bf16_f32(sm[2 * g]) * d[g];
+                mins += bf16_f32(sm[2 * g + 1]) * xs[g];
+            }
+            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+            int g = 0;
+            for (; g + 2 <= G; g += 2) {
+                __m128i b0 = _mm_loadu_si128((const __m128i *)(q + g * 16)), b1 = _mm_loadu_si128((const __m128i *)(q + g * 16 + 16));
+                __m256i w0 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b0, 4), b0), low);
+                __m256i w1 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b1, 4), b1), low);
+                __m256i p0 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w0, _mm256_loadu_si256((const __m256i *)(xq + g * 32)));
+                __m256i p1 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w1, _mm256_loadu_si256((const __m256i *)(xq + g * 32 + 32)));
+                a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(sd + g), a0);
+                a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_broadcast_ss(sd + g + 1), a1);
+            }
+            for (; g < G; g++) {
+                __m128i b0 = _mm_loadu_si128((const __m128i *)(q + g * 16));
+                __m256i w0 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b0, 4), b0), low);
+                __m256i p0 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w0, _mm256_loadu_si256((const __m256i *)(xq + g * 32)));
+                a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(sd + g), a0);
+            }
+            y[(long)r * ldy + n] = hsum8(_mm256_add_ps(a0, a1)) + mins;
+        }
+    }
+}
+#endif
+
+static int vnni_supported(void) {
+#ifdef VNNI_KERNELS
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("avx512f")
+           && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni");
+#else
+    return 0;
+#endif
+}
+
 /* -- one Linear over the rows, split by output rows across the threads ------------------------ */
 enum { STORE = 0, ADD = 1, GELU = 2 };
-typedef struct { const Linear *L; const float *x, *xsum; int R; float *y; int ldy, mode; float *tmp; } MatVec;
+typedef struct { const Linear *L; const float *x, *xsum; int R; float *y; int ldy, mode; float *tmp; const int8_t *qx; const float *xd; } MatVec;
 
 static inline float gelu(float v) { return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v))); }
 
@@ -251,6 +363,11 @@ static void matvec_task(void *arg, int tid, int nth) {
     split(L->N, 16, tid, nth, &n0, &n1);
     if (n0 >= n1) return;
     float *out = m->mode == ADD ? m->tmp : m->y; /* ADD: y is the residual stream, the products go beside it */
+#ifdef VNNI_KERNELS
+    if (m->qx && L->fmt == Q8) rows_q8_x8(L, n0, n1, m->qx, m->xd, m->R, out, m->ldy);
+    else if (m->qx) rows_q4_x8(L, n0, n1, m->qx, m->xd, m->xsum, m->R, out, m->ldy);
+    else
+#endif
     switch (L->fmt) {
     case F32: rows_f32(L, n0, n1, m->x, m->R, out, m->ldy); break;
     case BF16: rows_bf16(L, n0, n1, m->x, m->R, out, m->ldy); break;
@@ -279,8 +396,10 @@ static void group_sums(const float *x, int R, int K, float *xsum) {
 
 /* y (R, ldy) = x (R, K) W^T + b, then GELU (mode GELU) or added into y (mode ADD, N <= C) */
 static void linear(Model *M, const Linear *L, const float *x, int R, float *y, int ldy, int mode) {
-    if (L->fmt == Q4) group_sums(x, R, L->K, M->xsum);
-    MatVec m = {L, x, M->xsum, R, y, ldy, mode, M->tmp};
+    int q8 = M->int8_acts && (L->fmt == Q8 || L->fmt == Q4);
+    if (q8) quantize_rows(x, R, L->K, M->qx, M->xd, M->xsum);
+    else if (L->fmt == Q4) group_sums(x, R, L->K, M->xsum);
+    MatVec m = {L, x, M->xsum, R, y, ldy, mode, M->tmp, q8 ? M->qx : NULL, M->xd};
     run(matvec_task, &m);
 }
 
@@ -394,12 +513,15 @@ static void step(Model *M, int R, const int64_t *tokens, const int64_t *pos, con
 static int reserve(Model *M, int R) {
     if (R <= M->cap_rows) return 0;
     int C = M->C;
-    float **bufs[] = {&M->x, &M->xn, &M->qkv, &M->att, &M->mlp, &M->tmp, &M->xsum};
-    long sizes[] = {(long)R * C, (long)R * C, (long)R * 3 * C, (long)R * C, (long)R * 4 * C, (long)R * C, (long)R * 4 * C / Q4_GROUP + 1};
-    for (int i = 0; i < 7; i++) {
+    float **bufs[] = {&M->x, &M->xn, &M->qkv, &M->att, &M->mlp, &M->tmp, &M->xsum, &M->xd};
+    long sizes[] = {(long)R * C, (long)R * C, (long)R * 3 * C, (long)R * C, (long)R * 4 * C, (long)R * C, (long)R * 4 * C / Q4_GROUP + 1,
+                    (long)R * 4 * C / Q4_GROUP + 1};
+    for (int i = 0; i < 8; i++) {
         free(*bufs[i]);
         if (!(*bufs[i] = calloc(sizes[i], sizeof(float)))) return -1;
     }
+    free(M->qx);
+    if (!(M->qx = calloc((long)R * 4 * C, 1))) return -1;
     M->cap_rows = R;
     return 0;
 }
@@ -408,7 +530,7 @@ static int reserve(Model *M, int R) {
 static void model_free(PyObject *cap) {
     Model *M = PyCapsule_GetPointer(cap, "gpt2kit.decode.Model");
     if (!M) return;
-    free(M->x); free(M->xn); free(M->qkv); free(M->att); free(M->mlp); free(M->tmp); free(M->xsum); free(M->scores);
+    free(M->x); free(M->xn); free(M->qkv); free(M->att); free(M->mlp); free(M->tmp); free(M->xsum); free(M->xd); free(M->qx); free(M->scores);
     free(M->h);
     free(M);
 }
@@ -435,14 +557,28 @@ static int parse_norm(PyObject *t, Norm *n) {
     return 0;
 }
 
-/* Model(dims, embeddings, layers, ln_f, head, kv): see native.py for the tuples */
+static int int8_ready(const Linear *L) { /* what the int8-activation kernels take */
+    return (L->fmt != Q8 && L->fmt != Q4) || (L->K % Q4_GROUP == 0 && L->K <= 4096);
+}
+
+static int all_int8_ready(const Model *M) {
+    for (int l = 0; l < M->n_layer; l++) {
+        const Layer *L = &M->h[l];
+        if (!int8_ready(&L->c_attn) || !int8_ready(&L->attn_proj) || !int8_ready(&L->c_fc) || !int8_ready(&L->mlp_proj)) return 0;
+    }
+    return int8_ready(&M->head);
+}
+
+/* Model(dims, embeddings, layers, ln_f, head, kv, int8_activations): see native.py for the tuples */
 static PyObject *py_model(PyObject *self, PyObject *args) {
     PyObject *layers, *lnf, *head;
     unsigned long long wte, wpe, k, v;
+    int int8_acts;
     Model *M = calloc(1, sizeof(Model));
     if (!M) return PyErr_NoMemory();
-    if (!PyArg_ParseTuple(args, "(iiiiiifl)(iKK)O!OO(iKK)", &M->n_layer, &M->n_head, &M->C, &M->V, &M->block_len, &M->block_size,
-                          &M->eps, &M->num_blocks, &M->emb_bf16, &wte, &wpe, &PyList_Type, &layers, &lnf, &head, &M->kv_bf16, &k, &v)
+    if (!PyArg_ParseTuple(args, "(iiiiiifl)(iKK)O!OO(iKK)p", &M->n_layer, &M->n_head, &M->C, &M->V, &M->block_len, &M->block_size,
+                          &M->eps, &M->num_blocks, &M->emb_bf16, &wte, &wpe, &PyList_Type, &layers, &lnf, &head, &M->kv_bf16, &k, &v,
+                          &int8_acts)
         || PyList_GET_SIZE(layers) != M->n_layer) {
         free(M);
         if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "layers do not match n_layer");
@@ -466,7 +602,14 @@ static PyObject *py_model(PyObject *self, PyObject *args) {
         }
     }
     if (parse_norm(lnf, &M->ln_f) || parse_linear(head, &M->head)) { Py_DECREF(cap); return NULL; }
+    M->int8_acts = int8_acts && vnni_supported() && all_int8_ready(M);
     return cap;
+}
+
+static PyObject *py_int8_activations(PyObject *self, PyObject *cap) {
+    Model *M = PyCapsule_GetPointer(cap, "gpt2kit.decode.Model");
+    if (!M) return NULL;
+    return PyBool_FromLong(M->int8_acts);
 }
 
 /* step(model, threads, rows, tokens, positions, tables, blocks_per_row, logits): pointers to int64 (rows,),
@@ -498,6 +641,7 @@ static PyObject *py_step(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"model", py_model, METH_VARARGS, "Wrap a model's weights and KV pool (pointers) for step()."},
     {"step", py_step, METH_VARARGS, "One decode step for every row: writes their logits and their keys/values."},
+    {"int8_activations", py_int8_activations, METH_O, "Whether the model's int8/int4 linears run on int8 activations (VNNI)."},
     {NULL, NULL, 0, NULL},
 };
 
