@@ -29,6 +29,7 @@ tests/test_native.py checks equal logits, and the engine falls back to torch wit
 enum { F32 = 0, BF16 = 1, Q8 = 2, Q4 = 3 };
 #define Q4_GROUP 32
 #define MAX_THREADS 64
+#define MAX_INT8_K 32768 /* inputs of a linear on int8 activations (gpt2-xl's widest: 6400) */
 #define SPIN 4000 /* pauses (~40 ns each) a worker waits for work before it sleeps */
 
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
@@ -304,7 +305,7 @@ VNNI static void rows_q8_x8(const Linear *L, int n0, int n1, const int8_t *qx, c
 VNNI static void rows_q4_x8(const Linear *L, int n0, int n1, const int8_t *qx, const float *xd, const float *xsum, int R,
                             float *y, int ldy) {
     int K = L->K, G = K / Q4_GROUP;
-    float sd[4096 / Q4_GROUP]; /* scale_g * xd_g of one (weight row, row) pair; K <= 4096 (checked at load) */
+    float sd[MAX_INT8_K / Q4_GROUP]; /* scale_g * xd_g of one (weight row, row) pair; K <= MAX_INT8_K (checked at load) */
     const __m256i low = _mm256_set1_epi8(15);
     for (int n = n0; n < n1; n++) {
         const uint8_t *q = (const uint8_t *)L->w + (long)n * (K / 2);
@@ -558,7 +559,7 @@ static int parse_norm(PyObject *t, Norm *n) {
 }
 
 static int int8_ready(const Linear *L) { /* what the int8-activation kernels take */
-    return (L->fmt != Q8 && L->fmt != Q4) || (L->K % Q4_GROUP == 0 && L->K <= 4096);
+    return (L->fmt != Q8 && L->fmt != Q4) || (L->K % Q4_GROUP == 0 && L->K <= MAX_INT8_K);
 }
 
 static int all_int8_ready(const Model *M) {
