@@ -57,22 +57,20 @@ def main() -> None:
 
     if not native.available():
         sys.exit("the C decode step is not built (or GPT2KIT_NATIVE=0); reinstall gpt2kit with a C compiler")
-    model, tok = gpt2kit.load(args.model)
-    T = model.config.block_size
-    ids = load_eval_tokens(args.data, tok)[: args.tokens].tolist()
-    windows = [ids[i : i + T] for i in range(0, len(ids) - T + 1, T)]
-    if not windows:
-        sys.exit(f"--data holds fewer than one window of {T} tokens")
-    rows, base = [], None
+    ids = load_eval_tokens(args.data, gpt2kit.get_tokenizer(args.model))[: args.tokens].tolist()
+    rows, base, n = [], None, 0
     for dtype, acts in CASES:
         m = gpt2kit.load_model(args.model, dtype=dtype, inference=True)
+        T = m.config.block_size
+        windows = [ids[i : i + T] for i in range(0, len(ids) - T + 1, T)]
+        if not windows:
+            sys.exit(f"--data holds fewer than one window of {T} tokens")
         nll, n, used = step_nll(m, windows, acts)
-        ppl = math.exp(nll / n)
-        base = base or ppl
-        label = "fp32 activations" if dtype == "float32" else ("int8 activations" if used else "fp32 activations")
+        base = base or math.exp(nll / n)
+        label = "int8 activations" if used else "fp32 activations"
         if acts and not used:
-            label += " (no VNNI here: int8 activations unavailable)"
-        rows.append([dtype, label, f"{nll / n:.6f}", f"{ppl:.6f}", f"{ppl / base - 1:+.2%}"])
+            label += " (int8 activations unavailable: no AVX512-VNNI)"
+        rows.append([dtype, label, f"{nll / n:.6f}", f"{math.exp(nll / n):.6f}", f"{math.exp(nll / n) / base - 1:+.2%}"])
     print(f"{args.model}: {len(windows)} windows of {T} tokens ({n} predictions), through the C decode step")
     print(table(rows, ["weights", "activations", "nll", "perplexity", "vs float32"]))
 

@@ -9,7 +9,8 @@ The model it computes is model.py's, token for token: pre-LN blocks, tanh GELU, 
 each row's blocks of the pool (inference/kv.py's layout). Linear weights come in four formats:
 fp32 and bf16 (N, K) row-major, int8 (N, K) with one fp32 scale per row, and int4 (N, K/2) bytes
 (per group of 32 inputs, byte j holds input j in its low nibble and input j + 16 in its high one)
-with a bf16 (scale, min) pair per group: w = q * scale + min. Activations stay fp32.
+with a bf16 (scale, min) pair per group: w = q * scale + min. Activations are fp32, except that
+int8 and int4 weights meet int8-rounded activations on CPUs with AVX512-VNNI (quantize_rows).
 
 The loops are plain C written for the compiler's vectorizer (#pragma omp simd, built with
 -fopenmp-simd, no OpenMP runtime); on x86-64 each kernel is compiled for AVX-512, AVX2 and the
@@ -253,16 +254,15 @@ KERNEL static void rows_q4(const Linear *L, int n0, int n1, const float *x, int 
    As ggml's q8_0: each group of 32 inputs of a row becomes int8 codes and one scale (x ~ qx * xd),
    so a group's dot product is one vpdpbusd (unsigned bytes times signed bytes, summed in int32)
    and one fp32 multiply-add. The cost is activation rounding (|error| <= xd / 2 per input);
-   tests/test_native.py states the logit tolerance, the README the perplexity. */
-static void quantize_rows(const float *x, int R, int K, int8_t *qx, float *xd, float *xsum) {
+   tests/test_native.py states the logit tolerance; bench/step_quality.py measures the perplexity. */
+static void quantize_rows(const float *x, int R, int K, int8_t *qx, float *xd) {
     for (long i = 0; i < (long)R * K / Q4_GROUP; i++) {
         const float *g = x + i * Q4_GROUP;
-        float amax = 0, sum = 0;
-        for (int j = 0; j < Q4_GROUP; j++) { amax = fmaxf(amax, fabsf(g[j])); sum += g[j]; }
-        float d = amax / 127.0f, id = amax > 0 ? 127.0f / amax : 0.0f;
+        float amax = 0;
+        for (int j = 0; j < Q4_GROUP; j++) amax = fmaxf(amax, fabsf(g[j]));
+        float id = amax > 0 ? 127.0f / amax : 0.0f;
         for (int j = 0; j < Q4_GROUP; j++) qx[i * Q4_GROUP + j] = (int8_t)lrintf(g[j] * id);
-        xd[i] = d;
-        xsum[i] = sum;
+        xd[i] = amax / 127.0f;
     }
 }
 
@@ -273,69 +273,57 @@ VNNI static inline float hsum8(__m256 v) {
     return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
 }
 
-/* int8 (N, K) weights: |x| as the unsigned side, the weight with x's sign as the signed side */
-VNNI static void rows_q8_x8(const Linear *L, int n0, int n1, const int8_t *qx, const float *xd, int R, float *y, int ldy) {
-    int K = L->K, G = K / Q4_GROUP;
-    for (int n = n0; n < n1; n++) {
-        const int8_t *w = (const int8_t *)L->w + (long)n * K;
-        for (int r = 0; r < R; r++) {
-            const int8_t *xq = qx + (long)r * K;
-            const float *d = xd + (long)r * G;
-            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-            int g = 0;
-            for (; g + 2 <= G; g += 2) { /* two chains: the multiply-adds do not wait on each other */
-                __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + g * 32)), x1 = _mm256_loadu_si256((const __m256i *)(xq + g * 32 + 32));
-                __m256i w0 = _mm256_loadu_si256((const __m256i *)(w + g * 32)), w1 = _mm256_loadu_si256((const __m256i *)(w + g * 32 + 32));
-                __m256i p0 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(x0, x0), _mm256_sign_epi8(w0, x0));
-                __m256i p1 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(x1, x1), _mm256_sign_epi8(w1, x1));
-                a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(d + g), a0);
-                a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_broadcast_ss(d + g + 1), a1);
-            }
-            for (; g < G; g++) {
-                __m256i x0 = _mm256_loadu_si256((const __m256i *)(xq + g * 32)), w0 = _mm256_loadu_si256((const __m256i *)(w + g * 32));
-                __m256i p0 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(x0, x0), _mm256_sign_epi8(w0, x0));
-                a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(d + g), a0);
-            }
-            y[(long)r * ldy + n] = hsum8(_mm256_add_ps(a0, a1)) * L->scale[n];
-        }
-    }
+/* one group's 32 products as 8 int32 sums. int8 weights: |x| as the unsigned side, the weight with x's sign as the
+   signed side. int4: the codes (0..15) are the unsigned side; the group's 16 bytes unpack to its 32 codes in input order */
+VNNI static inline __m256i q8_group(const int8_t *w, const int8_t *xq) {
+    __m256i x = _mm256_loadu_si256((const __m256i *)xq), wv = _mm256_loadu_si256((const __m256i *)w);
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_sign_epi8(x, x), _mm256_sign_epi8(wv, x));
 }
 
-/* int4 codes (0..15) are already the unsigned side; a group's 16 bytes unpack to its 32 codes in input order */
+VNNI static inline __m256i q4_group(const uint8_t *q, const int8_t *xq) {
+    __m128i b = _mm_loadu_si128((const __m128i *)q);
+    __m256i codes = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b, 4), b), _mm256_set1_epi8(15));
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes, _mm256_loadu_si256((const __m256i *)xq));
+}
+
+/* sum_g s[g] * (w_g . qx_g) over one weight row, in two chains so the multiply-adds do not wait on each other;
+   fmt Q8 reads 32 weight bytes per group, Q4 16 (a constant at each call: the branch folds away) */
+VNNI static inline __attribute__((always_inline)) float row_dot_x8(int fmt, const void *w, const int8_t *xq, const float *s, int G) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int bytes = fmt == Q8 ? 32 : 16, g = 0;
+#define GROUP(i) (fmt == Q8 ? q8_group((const int8_t *)w + (i) * bytes, xq + (i) * 32) : q4_group((const uint8_t *)w + (i) * bytes, xq + (i) * 32))
+    for (; g + 2 <= G; g += 2) {
+        a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(GROUP(g)), _mm256_broadcast_ss(s + g), a0);
+        a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(GROUP(g + 1)), _mm256_broadcast_ss(s + g + 1), a1);
+    }
+    if (g < G) a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(GROUP(g)), _mm256_broadcast_ss(s + g), a0);
+#undef GROUP
+    return hsum8(_mm256_add_ps(a0, a1));
+}
+
+/* int8 (N, K) weights, one fp32 scale per row */
+VNNI static void rows_q8_x8(const Linear *L, int n0, int n1, const int8_t *qx, const float *xd, int R, float *y, int ldy) {
+    int K = L->K, G = K / Q4_GROUP;
+    for (int n = n0; n < n1; n++)
+        for (int r = 0; r < R; r++)
+            y[(long)r * ldy + n] = row_dot_x8(Q8, (const int8_t *)L->w + (long)n * K, qx + (long)r * K, xd + (long)r * G, G) * L->scale[n];
+}
+
+/* int4: sum_g scale_g * xd_g * (q_g . qx_g) + sum_g min_g * sum(x_g); the minimum term stays on the exact inputs */
 VNNI static void rows_q4_x8(const Linear *L, int n0, int n1, const int8_t *qx, const float *xd, const float *xsum, int R,
                             float *y, int ldy) {
     int K = L->K, G = K / Q4_GROUP;
     float sd[MAX_INT8_K / Q4_GROUP]; /* scale_g * xd_g of one (weight row, row) pair; K <= MAX_INT8_K (checked at load) */
-    const __m256i low = _mm256_set1_epi8(15);
     for (int n = n0; n < n1; n++) {
-        const uint8_t *q = (const uint8_t *)L->w + (long)n * (K / 2);
         const uint16_t *sm = L->sm + (long)n * G * 2;
         for (int r = 0; r < R; r++) {
-            const int8_t *xq = qx + (long)r * K;
             const float *d = xd + (long)r * G, *xs = xsum + (long)r * G;
             float mins = 0;
             for (int g = 0; g < G; g++) {
                 sd[g] = bf16_f32(sm[2 * g]) * d[g];
                 mins += bf16_f32(sm[2 * g + 1]) * xs[g];
             }
-            __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-            int g = 0;
-            for (; g + 2 <= G; g += 2) {
-                __m128i b0 = _mm_loadu_si128((const __m128i *)(q + g * 16)), b1 = _mm_loadu_si128((const __m128i *)(q + g * 16 + 16));
-                __m256i w0 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b0, 4), b0), low);
-                __m256i w1 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b1, 4), b1), low);
-                __m256i p0 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w0, _mm256_loadu_si256((const __m256i *)(xq + g * 32)));
-                __m256i p1 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w1, _mm256_loadu_si256((const __m256i *)(xq + g * 32 + 32)));
-                a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(sd + g), a0);
-                a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p1), _mm256_broadcast_ss(sd + g + 1), a1);
-            }
-            for (; g < G; g++) {
-                __m128i b0 = _mm_loadu_si128((const __m128i *)(q + g * 16));
-                __m256i w0 = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b0, 4), b0), low);
-                __m256i p0 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w0, _mm256_loadu_si256((const __m256i *)(xq + g * 32)));
-                a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p0), _mm256_broadcast_ss(sd + g), a0);
-            }
-            y[(long)r * ldy + n] = hsum8(_mm256_add_ps(a0, a1)) + mins;
+            y[(long)r * ldy + n] = row_dot_x8(Q4, (const uint8_t *)L->w + (long)n * (K / 2), qx + (long)r * K, sd, G) + mins;
         }
     }
 }
@@ -398,8 +386,8 @@ static void group_sums(const float *x, int R, int K, float *xsum) {
 /* y (R, ldy) = x (R, K) W^T + b, then GELU (mode GELU) or added into y (mode ADD, N <= C) */
 static void linear(Model *M, const Linear *L, const float *x, int R, float *y, int ldy, int mode) {
     int q8 = M->int8_acts && (L->fmt == Q8 || L->fmt == Q4);
-    if (q8) quantize_rows(x, R, L->K, M->qx, M->xd, M->xsum);
-    else if (L->fmt == Q4) group_sums(x, R, L->K, M->xsum);
+    if (L->fmt == Q4) group_sums(x, R, L->K, M->xsum);
+    if (q8) quantize_rows(x, R, L->K, M->qx, M->xd);
     MatVec m = {L, x, M->xsum, R, y, ldy, mode, M->tmp, q8 ? M->qx : NULL, M->xd};
     run(matvec_task, &m);
 }
@@ -558,16 +546,22 @@ static int parse_norm(PyObject *t, Norm *n) {
     return 0;
 }
 
-static int int8_ready(const Linear *L) { /* what the int8-activation kernels take */
-    return (L->fmt != Q8 && L->fmt != Q4) || (L->K % Q4_GROUP == 0 && L->K <= MAX_INT8_K);
-}
+static int is_int(const Linear *L) { return L->fmt == Q8 || L->fmt == Q4; }
 
-static int all_int8_ready(const Model *M) {
+static int fits_int8(const Linear *L) { return !is_int(L) || (L->K % Q4_GROUP == 0 && L->K <= MAX_INT8_K); }
+
+/* whether the model has int8/int4 linears and the int8-activation kernels take every one of them */
+static int int8_ready(const Model *M) {
+    int any = is_int(&M->head), ok = fits_int8(&M->head);
     for (int l = 0; l < M->n_layer; l++) {
-        const Layer *L = &M->h[l];
-        if (!int8_ready(&L->c_attn) || !int8_ready(&L->attn_proj) || !int8_ready(&L->c_fc) || !int8_ready(&L->mlp_proj)) return 0;
+        const Layer *h = &M->h[l];
+        const Linear *L[] = {&h->c_attn, &h->attn_proj, &h->c_fc, &h->mlp_proj};
+        for (int i = 0; i < 4; i++) {
+            any |= is_int(L[i]);
+            ok &= fits_int8(L[i]);
+        }
     }
-    return int8_ready(&M->head);
+    return any && ok;
 }
 
 /* Model(dims, embeddings, layers, ln_f, head, kv, int8_activations): see native.py for the tuples */
@@ -603,7 +597,7 @@ static PyObject *py_model(PyObject *self, PyObject *args) {
         }
     }
     if (parse_norm(lnf, &M->ln_f) || parse_linear(head, &M->head)) { Py_DECREF(cap); return NULL; }
-    M->int8_acts = int8_acts && vnni_supported() && all_int8_ready(M);
+    M->int8_acts = int8_acts && vnni_supported() && int8_ready(M);
     return cap;
 }
 
