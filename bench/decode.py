@@ -354,19 +354,19 @@ def main() -> None:
         make_models(d, specs)
         workers = {s: Worker(s, d) for s in specs}
         try:
-            rows = []
             q, rate = args.step_quantile, args.rate
-            b1 = measure(workers, 1, False, N, args.repeat, q)
-            ref = next((b1[s].tokens for s in ("hf", "gpt2kit:float32") if s in b1), None)
-            rows += report("b1 greedy", b1, rate, ceil_tps, weight_mib, ref)
-            b8_workers = {s: w for s, w in workers.items() if not s.startswith("llama")}
-            rows += report("b8 top-k 40", measure(b8_workers, 8, True, N, args.repeat, q), rate, ceil_tps, weight_mib)
             header = ["case", "engine", "run tok/s", f"p{q * 100:g} step tok/s", "vs HF", "vs best peer", "of ceiling", "greedy = ref", "peak RSS MiB", "of it, model MiB (x fp32 weights)"]
             print(f"\nGPT-2 124M random weights, 32-token prompt, {N} new tokens, decode rate (prompt excluded); run = median of {args.repeat} runs, "
                   f"step = batch / the p{q * 100:g} of their pooled step times; ratios and ceiling use the {rate} rate; "
-                  f"greedy = ref: tokens equal to {'HF' if 'hf' in b1 else 'gpt2kit fp32'}'s greedy run before the first difference; "
+                  f"greedy = ref: tokens equal to HF's (else gpt2kit fp32's) greedy run before the first difference; "
                   f"weights {weight_mib:.0f} MiB fp32; model MiB = peak RSS minus the RSS of the interpreter and the engine's libraries before loading")
-            print(table(rows, header))
+            # each case prints as soon as it is measured, so a run cut short still leaves its finished cases
+            b1 = measure(workers, 1, False, N, args.repeat, q)
+            ref = next((b1[s].tokens for s in ("hf", "gpt2kit:float32") if s in b1), None)
+            print(table(report("b1 greedy", b1, rate, ceil_tps, weight_mib, ref), header), flush=True)
+            b8_workers = {s: w for s, w in workers.items() if not s.startswith("llama")}
+            b8 = measure(b8_workers, 8, True, N, args.repeat, q)
+            print(table(report("b8 top-k 40", b8, rate, ceil_tps, weight_mib), header), flush=True)
             if not args.no_contention:
                 contention(workers, b1, N, args.repeat, q, rate)
         finally:
