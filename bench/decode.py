@@ -13,7 +13,7 @@ Decode rate excludes the prompt for every engine: each engine stamps the time at
 The run rate is the plain figure. The step rate is for a machine whose scheduler stalls a process
 now and then (a 2-vCPU VM with busy neighbours): a stalled step lands in the slow tail, so a low
 quantile still reads the engine's own speed; on a quiet machine both agree. --rate picks the one
-the ratios use; the table always shows both.
+the ratios use; the table always shows both. The contention case always uses the run rate.
 
     python bench/decode.py [--repeat 3] [--new-tokens 128] [--rate run|step] [--engines gpt2kit:float32,hf,...]
 
@@ -71,7 +71,6 @@ class Runner:
     def _load_hf(self, _variant, d):
         import torch
         from transformers import GPT2LMHeadModel
-
         from transformers.generation.streamers import BaseStreamer
 
         hf = GPT2LMHeadModel.from_pretrained(os.path.join(d, "hf")).eval()
@@ -81,7 +80,8 @@ class Runner:
                 self.stamp, self.prompt_seen = stamp, False
 
             def put(self, value):
-                self.stamp() if self.prompt_seen else None
+                if self.prompt_seen:
+                    self.stamp()
                 self.prompt_seen = True
 
             def end(self):
@@ -328,6 +328,8 @@ def main() -> None:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.new_tokens < 2:
+        ap.error(f"--new-tokens must be at least 2 (the rate is timed from the first new token to the last), got {args.new_tokens}")
     if not 0 <= args.step_quantile <= 1:
         ap.error(f"--step-quantile must be in [0, 1], got {args.step_quantile}")
     if args.worker:
@@ -368,7 +370,7 @@ def main() -> None:
             b8 = measure(b8_workers, 8, True, N, args.repeat, q)
             print(table(report("b8 top-k 40", b8, rate, ceil_tps, weight_mib), header), flush=True)
             if not args.no_contention:
-                contention(workers, b1, N, args.repeat, q, rate)
+                contention(workers, b1, N, args.repeat, q)
         finally:
             for w in workers.values():
                 if w.p.poll() is None:
@@ -398,17 +400,16 @@ def profile(spec: str, n: int) -> None:
     print(table(rows, ["op", "ms/token", "calls/token", "share"]))
 
 
-def contention(workers: dict, quiet: dict[str, Result], n: int, repeat: int, quantile: float, rate: str) -> None:
+def contention(workers: dict, quiet: dict[str, Result], n: int, repeat: int, quantile: float) -> None:
+    """Whole-run rates only, whatever --rate says: contention slows every step, and a low step quantile would hide it."""
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         time.sleep(1.0)
         busy = measure(workers, 1, False, n, repeat, quantile)
     finally:
         hog.kill()
-    rows = [[s, f"{quiet[s].rate(rate):.1f}", f"{busy[s].rate(rate):.1f}", f"{busy[s].rate(rate) / quiet[s].rate(rate):.0%}"]
-            for s in busy if s in quiet]
-    print(f"\nb1 greedy with one other CPU-bound process running (python busy loop), each engine at its default threads, "
-          f"{rate} rate:")
+    rows = [[s, f"{quiet[s].run:.1f}", f"{busy[s].run:.1f}", f"{busy[s].run / quiet[s].run:.0%}"] for s in busy if s in quiet]
+    print("\nb1 greedy with one other CPU-bound process running (python busy loop), each engine at its default threads, run rate:")
     print(table(rows, ["engine", "quiet tok/s", "contended tok/s", "kept"]))
 
 
