@@ -27,10 +27,10 @@ def _run(model, use_native, prompts, n=24, int8_activations=None, **engine_kw):
     steps, forward = [], e._forward
 
     def record(work):
-        logits, at = forward(work)
+        logits, at, was_native = forward(work)
         if all(k == 1 for _, k in work):
             steps.append(logits.clone())
-        return logits, at
+        return logits, at, was_native
 
     e._forward = record
     while e.has_work:
@@ -185,3 +185,23 @@ def test_load_for_inference_uses_the_c_step(tiny_checkpoint):
     for dtype in ("float32", "bfloat16", "int8", "int4"):
         m = load_model(tiny_checkpoint, dtype=dtype, inference=True)
         assert Engine(m).native is not None, dtype
+
+
+def test_sampling_between_c_steps_runs_on_one_torch_thread(monkeypatch):
+    """torch's OpenMP team, woken by sampling ops, would spin on the cores the next C step needs."""
+    from gpt2kit.inference import engine as core
+
+    hf = hf_model(n_layer=2, n_head=4, n_embd=64, n_positions=128, vocab_size=50257, seed=3)
+    seen, real = [], core.sample_rows
+    monkeypatch.setattr(core, "sample_rows", lambda logits, rows: seen.append(torch.get_num_threads()) or real(logits, rows))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        e = Engine(ours_from_hf(hf), adapt_threads=False)
+        e.add(PROMPTS[1], SamplingParams(temperature=0), max_tokens=4)
+        while e.has_work:
+            e.step()
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [2, 1, 1, 1]  # the prompt's step ran in torch; the decode steps in C

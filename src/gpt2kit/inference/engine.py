@@ -26,7 +26,7 @@ from .native import MAX_ROWS as NATIVE_ROWS, native_step
 from .request import MAX_LOGPROBS, Job
 from .row import Row
 from .scheduler import Scheduler
-from .threads import governor, restoring_threads
+from .threads import governor, one_torch_thread, restoring_threads
 
 
 @dataclass
@@ -119,7 +119,12 @@ class Engine:
         self.steps += 1
         if self.threads:
             self.threads.tick()
-        logits, at = self._forward(work)
+        logits, at, native = self._forward(work)
+        with one_torch_thread(native):
+            return self._finish(work, logits, at)
+
+    def _finish(self, work, logits, at) -> list[Output]:
+        """Book the step's computed tokens and sample the rows whose window is done."""
         outputs, to_sample = [], []
         for (row, n), (lo, hi) in zip(work, at):
             before = row.computed
@@ -145,7 +150,7 @@ class Engine:
         if self.native and len(work) <= NATIVE_ROWS and all(n == 1 and not r.wants_records for r, n in work):
             tokens = [r.span(r.computed, r.computed + 1)[0] for r, _ in work]
             logits = self.native(tokens, [r.computed for r, _ in work], [r.blocks for r, _ in work], torch.get_num_threads())
-            return logits, [(i, i + 1) for i in range(len(work))]
+            return logits, [(i, i + 1) for i in range(len(work))], True
         ids, pos, at, ranges = [], [], [], []
         for row, n in work:
             s = row.computed
@@ -159,7 +164,7 @@ class Engine:
         idx = torch.tensor([ids], device=self.device)  # (1, N)
         positions = torch.tensor(pos, device=self.device)  # (N,)
         logits, _ = self.model(idx, kv=kv, positions=positions, logits_at=torch.tensor(at, device=self.device, dtype=torch.long))
-        return logits, ranges  # logits (R, V)
+        return logits, ranges, False  # logits (R, V)
 
     def _register(self, row: Row, before: int) -> None:
         """Offer the blocks this step completed to the prefix cache (first registration of a content wins)."""

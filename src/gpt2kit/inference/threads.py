@@ -94,3 +94,22 @@ def restoring_threads():
     finally:
         if torch.get_num_threads() != n:
             torch.set_num_threads(n)
+
+
+@contextmanager
+def one_torch_thread(active: bool = True):
+    """torch ops on one thread for a block (when active), then torch's thread count as it was.
+
+    Between two C decode steps (native.py) the engine samples with a few small torch ops. On more
+    than one thread each of them wakes torch's OpenMP team, whose threads then spin for a while
+    on the cores the C step's own threads need: on 2 cores that halved the int8 decode rate.
+    """
+    n = torch.get_num_threads()
+    if not active or n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
