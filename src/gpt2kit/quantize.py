@@ -3,8 +3,9 @@
 Batch-1 decode reads every weight once per token, so it is bound by memory bandwidth; int8
 weights move a quarter of fp32's bytes, int4 an eighth (plus a scale and offset per group).
 Each Linear of the blocks, and the output head, is replaced:
-- int8: Int8Linear, int8 weights with one scale per output row, fp32 activations (weight-only,
-  torch's _weight_int8pack_mm; the C decode step reads the same tensors).
+- int8: Int8Linear, int8 weights with one scale per output row, fp32 activations (weight-only:
+  a few thousand rows at a time dequantized and multiplied by torch's fp32 matmul; the C decode
+  step reads the same tensors).
 - int4: Int4Linear, group-wise asymmetric 4-bit weights (like ggml's q4_1: per group of 32 input
   weights a scale and a minimum), multiplied by torch's own int4 CPU kernel. Its vectorized path
   takes bf16 activations and scales (fp32 ones take a scalar loop ~35x slower), so each layer's
@@ -18,7 +19,6 @@ tests and bench/decode.py report the logit error and the perplexity cost.
 """
 from __future__ import annotations
 
-import warnings
 
 import torch
 import torch.nn as nn
@@ -30,15 +30,15 @@ INT4_GROUP = 32  # input weights per scale/minimum, as ggml's q4_0/q4_1 blocks
 # Weights are quantized this many rows at a time, so the fp32 temporaries stay a few MiB instead of
 # several copies of the 154 MiB head. A multiple of 64: torch's int4 packing is row-separable at 64.
 CHUNK_ROWS = 4096
-
-
-def int8_supported() -> bool:
-    return hasattr(torch.ops.aten, "_weight_int8pack_mm")
+# Int8Linear.forward dequantizes this many weight rows at a time into fp32 (6 MiB at K = 768) and multiplies them
+# there, while they are still in cache. torch's own weight-only int8 kernel (_weight_int8pack_mm) was 4-20x slower
+# than this at every batch size measured (1 ms per row for a 3072x768 weight: a 1024-token prompt took minutes).
+DEQUANT_ROWS = 2048
 
 
 class Int8Linear(nn.Module):
     """y = x W^T + b with W[n] = weight[n] * scale[n]: int8 weights, one fp32 scale per output row (symmetric),
-    fp32 activations. torch's weight-only int8 kernel runs it; the C decode step (inference/native.py) reads the same tensors."""
+    fp32 activations. forward dequantizes DEQUANT_ROWS rows at a time; the C decode step (inference/native.py) reads the same tensors."""
 
     def __init__(self, linear: nn.Linear):
         super().__init__()
@@ -54,8 +54,11 @@ class Int8Linear(nn.Module):
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().float().clone())
 
     def forward(self, x):
-        y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, self.in_features).float().contiguous(), self.weight, self.scale)  # (M, N)
-        y = y.view(*x.shape[:-1], self.out_features)
+        x2 = x.reshape(-1, self.in_features).float()  # (M, K)
+        y = x2.new_empty(x2.shape[0], self.out_features)  # (M, N)
+        for i in range(0, self.out_features, DEQUANT_ROWS):
+            y[:, i : i + DEQUANT_ROWS] = x2 @ self.weight[i : i + DEQUANT_ROWS].float().t()  # (M, rows)
+        y = y.mul_(self.scale).view(*x.shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias
 
     def dequantized(self) -> torch.Tensor:
@@ -65,8 +68,6 @@ class Int8Linear(nn.Module):
 @torch.no_grad()
 def quantize_int8(model):
     """Quantize `model` (a gpt2kit GPT on the CPU, fp32) to int8 weights in place and return it."""
-    if not int8_supported():
-        raise GPT2KitError(f"int8 needs torch's weight-only int8 CPU kernel (torch >= 2.3), which torch {torch.__version__} lacks; use dtype='bfloat16'")
     if model.transformer.wte.weight.device.type != "cpu":
         raise GPT2KitError("int8 weights run on the CPU only; use dtype='bfloat16' on a GPU")
     _untie_head(model)
