@@ -95,6 +95,20 @@ def test_prefix_shared_rows_reuse_cached_blocks(pair, seen_logits):
     assert engine.pool.hits >= 3 * 5 + 3 * 3  # later rows took the shared blocks instead of computing them
 
 
+def test_samples_of_one_prompt_wait_for_its_blocks_then_start_together(pair, monkeypatch):
+    _, ours = pair
+    engine = core.Engine(ours, kv_blocks=64, max_rows=8, max_step_tokens=256, block_len=4)
+    plans, plan = [], engine.scheduler.plan
+    monkeypatch.setattr(engine.scheduler, "plan", lambda: (w := plan(), plans.append([n for _, n in w]))[0])
+    prompt = prompts(1, 18, 18, seed=3)[0]
+    for i in range(4):
+        engine.add(prompt, GREEDY, max_tokens=3, index=i)
+    engine.step()
+    engine.step()
+    # the others wait for the blocks the first row computes, then start in one step on its 4 full blocks
+    assert plans == [[18], [1, 2, 2, 2]]
+
+
 def test_pool_exhaustion_preempts_and_every_row_stays_exact(pair, seen_logits):
     hf, ours = pair
     engine = core.Engine(ours, kv_blocks=14, max_rows=8, max_step_tokens=12, block_len=4)  # 13 blocks: ~1 context

@@ -138,11 +138,16 @@ class BlockPool:
         """Whether the block is registered (so a prompt record may be attached to it)."""
         return self._key[block] is not None
 
+    def cached_block(self, parent: int | None, tokens: tuple[int, ...], need_record: bool) -> int | None:
+        """The registered block holding `tokens` after `parent`, without holding it (lookup holds it); None if absent."""
+        b = self._cached.get(self.key(parent, tokens))
+        return None if b is None or (need_record and b not in self.records) else b
+
     def lookup(self, parent: int | None, tokens: tuple[int, ...], need_record: bool) -> int | None:
         """The registered block holding `tokens` after `parent`, now held by the caller too; None if absent."""
         self.lookups += 1
-        b = self._cached.get(self.key(parent, tokens))
-        if b is None or (need_record and b not in self.records):
+        b = self.cached_block(parent, tokens, need_record)
+        if b is None:
             return None
         self.hits += 1
         if self._refs[b] == 0:

@@ -7,8 +7,8 @@
 - Rows still computing their prompt get chunks of what is left of the budget (chunked prefill):
   a long prompt is spread over several steps while the decoding rows keep producing tokens.
 - Waiting rows are admitted in order while there is budget, a free row and blocks. A new row first
-  takes the cached blocks that already hold its prompt's prefix (prefix reuse); a row whose first
-  block another row is computing right now waits for it instead of computing it twice.
+  takes the cached blocks that already hold its prompt's prefix (prefix reuse); a row whose next
+  uncached block another row is computing right now waits for it instead of computing it twice.
 """
 from __future__ import annotations
 
@@ -136,10 +136,16 @@ class Scheduler:
         row.computed = len(row.blocks) * bl
 
     def _computing_same_prefix(self, row: Row) -> bool:
-        """Whether a running row that starts with this row's first block is still computing its prompt
-        (then wait one or a few steps and reuse its blocks instead of computing them twice)."""
-        bl = self.pool.block_len
-        if not self.prefix_reuse or row.window_len <= bl:
+        """Whether a running row is computing, as part of its prompt, the first full block of this row's prompt that
+        is not cached yet (then wait one or a few steps and reuse it instead of computing it twice). Rows that
+        share only blocks already cached go ahead at once: n samples of one prompt start in the same step."""
+        if not self.prefix_reuse:
             return False
-        head = row.span(0, bl)
-        return any(not r.prompt_done and r.span(0, bl) == head for r in self.running)
+        bl, parent, c = self.pool.block_len, None, 0
+        full = (row.window_len - 1) // bl  # the blocks a row may reuse (never the one with its last token)
+        while c < full and (b := self.pool.cached_block(parent, tuple(row.span(c * bl, (c + 1) * bl)), row.wants_records)) is not None:
+            parent, c = b, c + 1
+        if c == full:
+            return False
+        head = row.span(0, (c + 1) * bl)
+        return any(not r.prompt_done and r.span(0, (c + 1) * bl) == head for r in self.running)
