@@ -187,6 +187,15 @@ def test_load_for_inference_uses_the_c_step(tiny_checkpoint):
         assert Engine(m).native is not None, dtype
 
 
+def test_fp32_batch_steps_equal_torch():
+    """Six rows: the batch kernel's blocks of four rows, and the rows left over."""
+    ours = ours_from_hf(hf_model(n_layer=2, n_head=4, n_embd=64, n_positions=128, vocab_size=50257, seed=4))
+    prompts = PROMPTS + [[1, 2], list(range(300, 333)), [7] * 9]
+    toks, steps = _run(ours, True, prompts, n=12)
+    ref_toks, ref_steps = _run(ours, False, prompts, n=12)
+    assert toks == ref_toks and _same_steps(steps, ref_steps, 1e-5)
+
+
 def test_sampling_between_c_steps_runs_on_one_torch_thread(monkeypatch):
     """torch's OpenMP team, woken by sampling ops, would spin on the cores the next C step needs."""
     from gpt2kit.inference import engine as core

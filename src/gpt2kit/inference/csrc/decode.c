@@ -10,7 +10,8 @@ each row's blocks of the pool (inference/kv.py's layout). Linear weights come in
 fp32 and bf16 (N, K) row-major, int8 (N, K) with one fp32 scale per row, and int4 (N, K/2) bytes
 (per group of 32 inputs, byte j holds input j in its low nibble and input j + 16 in its high one)
 with a bf16 (scale, min) pair per group: w = q * scale + min. Activations are fp32, except that
-int8 and int4 weights meet int8-rounded activations on CPUs with AVX512-VNNI (quantize_rows).
+int8 and int4 weights meet int8-rounded activations on CPUs with AVX512-VNNI (quantize_rows), and
+fp32 weights have their own AVX-512 kernels there (rows_f32_avx512).
 
 The loops are plain C written for the compiler's vectorizer (#pragma omp simd, built with
 -fopenmp-simd, no OpenMP runtime); on x86-64 each kernel is compiled for AVX-512, AVX2 and the
@@ -31,7 +32,8 @@ enum { F32 = 0, BF16 = 1, Q8 = 2, Q4 = 3 };
 #define Q4_GROUP 32
 #define MAX_THREADS 64
 #define MAX_INT8_K 32768 /* inputs of a linear on int8 activations (gpt2-xl's widest: 6400) */
-#define SPIN 4000 /* pauses (~40 ns each) a worker waits for work before it sleeps */
+#define SPIN 4000
+#define CHUNK 64 /* output rows a thread takes at a time (a multiple of 4, the fp32 kernel's rows per x load) */ /* pauses (~40 ns each) a worker waits for work before it sleeps */
 
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
 #define KERNEL __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -301,6 +303,75 @@ VNNI static inline __attribute__((always_inline)) float row_dot_x8(int fmt, cons
     return hsum8(_mm256_add_ps(a0, a1));
 }
 
+/* fp32 weights on AVX-512: one weight row after another, so the weights stream in memory order (the
+   portable rows_dense reads four rows at once: 20-25% slower at batch 1 here); each 16-float piece of
+   a weight row meets up to four activation rows while it is in a register */
+VNNI static inline __attribute__((always_inline)) void dot4_f32(const float *w, const float *x, long K, int nr, float *y, int ldy) {
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    long k = 0;
+    if (nr == 1) /* four chains over one activation row, so the multiply-adds do not wait on each other */
+        for (; k + 64 <= K; k += 64) {
+            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k), _mm512_loadu_ps(x + k), a0);
+            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 16), _mm512_loadu_ps(x + k + 16), a1);
+            a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 32), _mm512_loadu_ps(x + k + 32), a2);
+            a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 48), _mm512_loadu_ps(x + k + 48), a3);
+        }
+    for (; k + 16 <= K; k += 16) {
+        __m512 wv = _mm512_loadu_ps(w + k);
+        a0 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + k), a0);
+        if (nr > 1) a1 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + K + k), a1);
+        if (nr > 2) a2 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + 2 * K + k), a2);
+        if (nr > 3) a3 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + 3 * K + k), a3);
+    }
+    __m512 acc[4] = {a0, a1, a2, a3};
+    if (nr == 1) acc[0] = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
+    for (int r = 0; r < nr; r++) {
+        float t = _mm512_reduce_add_ps(acc[r]);
+        for (long j = k; j < K; j++) t += w[j] * x[r * K + j];
+        y[(long)r * ldy] = t;
+    }
+}
+
+/* four weight rows times four activation rows, 16 accumulators: half a load per multiply-add, for
+   batches, where the products and not the weight bytes bound the time (K a multiple of 16) */
+VNNI static void dot_4x4_f32(const float *w, const float *x, long K, float *y, int ldy) {
+    __m512 acc[4][4];
+    for (int i = 0; i < 4; i++)
+        for (int r = 0; r < 4; r++) acc[i][r] = _mm512_setzero_ps();
+    for (long k = 0; k < K; k += 16) {
+        __m512 xv[4];
+        for (int r = 0; r < 4; r++) xv[r] = _mm512_loadu_ps(x + r * K + k);
+        for (int i = 0; i < 4; i++) {
+            __m512 wv = _mm512_loadu_ps(w + i * K + k);
+            for (int r = 0; r < 4; r++) acc[i][r] = _mm512_fmadd_ps(wv, xv[r], acc[i][r]);
+        }
+    }
+    for (int i = 0; i < 4; i++)
+        for (int r = 0; r < 4; r++) y[(long)r * ldy + i] = _mm512_reduce_add_ps(acc[i][r]);
+}
+
+VNNI static void rows_f32_avx512(const Linear *L, int n0, int n1, const float *x, int R, float *y, int ldy) {
+    long K = L->K;
+    int n = n0;
+    if (R >= 4 && K % 16 == 0) /* batches: blocks of 4 x 4, then the rows left over below */
+        for (; n + 4 <= n1; n += 4) {
+            int r = 0;
+            for (; r + 4 <= R; r += 4) dot_4x4_f32((const float *)L->w + n * K, x + r * K, K, y + (long)r * ldy + n, ldy);
+            for (int i = 0; i < 4 && r < R; i++) dot4_f32((const float *)L->w + (n + i) * K, x + r * K, K, R - r, y + (long)r * ldy + n + i, ldy);
+        }
+    for (; n < n1; n++)
+        for (int r = 0; r < R; r += 4) {
+            const float *w = (const float *)L->w + n * K, *xr = x + r * K;
+            float *yr = y + (long)r * ldy + n;
+            switch (R - r) { /* a constant nr in each call: the branches on it fold away */
+            case 1: dot4_f32(w, xr, K, 1, yr, ldy); break;
+            case 2: dot4_f32(w, xr, K, 2, yr, ldy); break;
+            case 3: dot4_f32(w, xr, K, 3, yr, ldy); break;
+            default: dot4_f32(w, xr, K, 4, yr, ldy); break;
+            }
+        }
+}
+
 /* int8 (N, K) weights, one fp32 scale per row */
 VNNI static void rows_q8_x8(const Linear *L, int n0, int n1, const int8_t *qx, const float *xd, int R, float *y, int ldy) {
     int K = L->K, G = K / Q4_GROUP;
@@ -329,6 +400,8 @@ VNNI static void rows_q4_x8(const Linear *L, int n0, int n1, const int8_t *qx, c
 }
 #endif
 
+static int vnni; /* the CPU has AVX-512 with VNNI (set at module load) */
+
 static int vnni_supported(void) {
 #ifdef VNNI_KERNELS
     __builtin_cpu_init();
@@ -341,16 +414,13 @@ static int vnni_supported(void) {
 
 /* -- one Linear over the rows, split by output rows across the threads ------------------------ */
 enum { STORE = 0, ADD = 1, GELU = 2 };
-typedef struct { const Linear *L; const float *x, *xsum; int R; float *y; int ldy, mode; float *tmp; const int8_t *qx; const float *xd; } MatVec;
+typedef struct { const Linear *L; const float *x, *xsum; int R; float *y; int ldy, mode; float *tmp; const int8_t *qx; const float *xd; _Atomic int next; } MatVec;
 
 static inline float gelu(float v) { return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v))); }
 
-static void matvec_task(void *arg, int tid, int nth) {
-    MatVec *m = arg;
+/* the rows [n0, n1) of one Linear: the products, then bias and GELU, or the residual add */
+static void matvec_rows(const MatVec *m, int n0, int n1) {
     const Linear *L = m->L;
-    int n0, n1;
-    split(L->N, 16, tid, nth, &n0, &n1);
-    if (n0 >= n1) return;
     float *out = m->mode == ADD ? m->tmp : m->y; /* ADD: y is the residual stream, the products go beside it */
 #ifdef VNNI_KERNELS
     if (m->qx && L->fmt == Q8) rows_q8_x8(L, n0, n1, m->qx, m->xd, m->R, out, m->ldy);
@@ -358,7 +428,11 @@ static void matvec_task(void *arg, int tid, int nth) {
     else
 #endif
     switch (L->fmt) {
-    case F32: rows_f32(L, n0, n1, m->x, m->R, out, m->ldy); break;
+    case F32:
+#ifdef VNNI_KERNELS
+        if (vnni) { rows_f32_avx512(L, n0, n1, m->x, m->R, out, m->ldy); break; }
+#endif
+        rows_f32(L, n0, n1, m->x, m->R, out, m->ldy); break;
     case BF16: rows_bf16(L, n0, n1, m->x, m->R, out, m->ldy); break;
     case Q8: rows_q8(L, n0, n1, m->x, m->R, out, m->ldy); break;
     default: rows_q4(L, n0, n1, m->x, m->R, out, m->ldy, m->xsum); break;
@@ -372,6 +446,15 @@ static void matvec_task(void *arg, int tid, int nth) {
             else y[n] = v;
         }
     }
+}
+
+/* threads take chunks of CHUNK rows in turn until none is left: a thread the scheduler holds up
+   (a busy neighbour, a VM's stalls) does less of the work instead of making the others wait */
+static void matvec_task(void *arg, int tid, int nth) {
+    MatVec *m = arg;
+    int N = m->L->N;
+    for (int c; (c = atomic_fetch_add_explicit(&m->next, 1, memory_order_relaxed)) * CHUNK < N;)
+        matvec_rows(m, c * CHUNK, c * CHUNK + CHUNK < N ? c * CHUNK + CHUNK : N);
 }
 
 static void group_sums(const float *x, int R, int K, float *xsum) {
@@ -388,7 +471,7 @@ static void linear(Model *M, const Linear *L, const float *x, int R, float *y, i
     int q8 = M->int8_acts && (L->fmt == Q8 || L->fmt == Q4);
     if (L->fmt == Q4) group_sums(x, R, L->K, M->xsum);
     if (q8) quantize_rows(x, R, L->K, M->qx, M->xd);
-    MatVec m = {L, x, M->xsum, R, y, ldy, mode, M->tmp, q8 ? M->qx : NULL, M->xd};
+    MatVec m = {L, x, M->xsum, R, y, ldy, mode, M->tmp, q8 ? M->qx : NULL, M->xd, 0};
     run(matvec_task, &m);
 }
 
@@ -644,5 +727,6 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_decode", "GPT-2 dec
 
 PyMODINIT_FUNC PyInit__decode(void) {
     pthread_atfork(NULL, NULL, after_fork_child);
+    vnni = vnni_supported();
     return PyModule_Create(&module);
 }
