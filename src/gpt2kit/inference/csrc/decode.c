@@ -288,19 +288,54 @@ VNNI static inline __m256i q4_group(const uint8_t *q, const int8_t *xq) {
     return _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes, _mm256_loadu_si256((const __m256i *)xq));
 }
 
-/* sum_g s[g] * (w_g . qx_g) over one weight row, in two chains so the multiply-adds do not wait on each other;
-   fmt Q8 reads 32 weight bytes per group, Q4 16 (a constant at each call: the branch folds away) */
+/* two groups (64 inputs) in one 512-bit vpdpbusd: lanes 0-7 hold the first group's sums, 8-15 the second's */
+VNNI static inline __m512i q8_pair(const int8_t *w, const int8_t *xq) {
+    __m512i x = _mm512_loadu_si512(xq), wv = _mm512_loadu_si512(w);
+    __m512i ws = _mm512_mask_sub_epi8(wv, _mm512_movepi8_mask(x), _mm512_setzero_si512(), wv); /* w with x's sign */
+    return _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_abs_epi8(x), ws);
+}
+
+VNNI static inline __m512i q4_pair(const uint8_t *q, const int8_t *xq) {
+    __m256i b = _mm256_loadu_si256((const __m256i *)q), hi = _mm256_srli_epi16(b, 4);
+    __m512i codes = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_permute2x128_si256(b, hi, 0x20)), _mm256_permute2x128_si256(b, hi, 0x31), 1);
+    return _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(codes, _mm512_set1_epi8(15)), _mm512_loadu_si512(xq));
+}
+
+/* sum_g s[g] * (w_g . qx_g) over one weight row, two groups per step in two chains so the multiply-adds
+   do not wait on each other; fmt Q8 reads 32 weight bytes per group, Q4 16 (a constant at each call:
+   the branch folds away) */
 VNNI static inline __attribute__((always_inline)) float row_dot_x8(int fmt, const void *w, const int8_t *xq, const float *s, int G) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    const __m512i two = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
     int bytes = fmt == Q8 ? 32 : 16, g = 0;
-#define GROUP(i) (fmt == Q8 ? q8_group((const int8_t *)w + (i) * bytes, xq + (i) * 32) : q4_group((const uint8_t *)w + (i) * bytes, xq + (i) * 32))
-    for (; g + 2 <= G; g += 2) {
-        a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(GROUP(g)), _mm256_broadcast_ss(s + g), a0);
-        a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(GROUP(g + 1)), _mm256_broadcast_ss(s + g + 1), a1);
+#define PAIR(i) (fmt == Q8 ? q8_pair((const int8_t *)w + (i) * bytes, xq + (i) * 32) : q4_pair((const uint8_t *)w + (i) * bytes, xq + (i) * 32))
+#define SCALES(i) _mm512_permutexvar_ps(two, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd((const double *)(s + (i))))))
+    for (; g + 4 <= G; g += 4) {
+        a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(PAIR(g)), SCALES(g), a0);
+        a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(PAIR(g + 2)), SCALES(g + 2), a1);
     }
-    if (g < G) a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(GROUP(g)), _mm256_broadcast_ss(s + g), a0);
-#undef GROUP
-    return hsum8(_mm256_add_ps(a0, a1));
+    for (; g + 2 <= G; g += 2) a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(PAIR(g)), SCALES(g), a0);
+#undef PAIR
+#undef SCALES
+    float t = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+    if (g < G) { /* an odd group count: the last group alone */
+        __m256i p = fmt == Q8 ? q8_group((const int8_t *)w + g * bytes, xq + g * 32) : q4_group((const uint8_t *)w + g * bytes, xq + g * 32);
+        t += hsum8(_mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s[g])));
+    }
+    return t;
+}
+
+/* int4 groups' bf16 (scale, min) pairs of one weight row: sd[g] = scale_g * xd[g], and sum_g min_g * xsum[g] */
+VNNI static float q4_scales(const uint16_t *sm, const float *xd, const float *xsum, int G, float *sd) {
+    __m512 mins = _mm512_setzero_ps();
+    for (int g = 0; g < G; g += 16) {
+        __mmask16 k = G - g >= 16 ? 0xffff : (__mmask16)((1u << (G - g)) - 1);
+        __m512i u = _mm512_maskz_loadu_epi32(k, sm + 2 * g); /* each lane: min << 16 | scale, as bf16 bits */
+        __m512 scale = _mm512_castsi512_ps(_mm512_slli_epi32(u, 16)), mn = _mm512_castsi512_ps(_mm512_and_si512(u, _mm512_set1_epi32((int)0xffff0000)));
+        _mm512_mask_storeu_ps(sd + g, k, _mm512_mul_ps(scale, _mm512_maskz_loadu_ps(k, xd + g)));
+        mins = _mm512_fmadd_ps(mn, _mm512_maskz_loadu_ps(k, xsum + g), mins);
+    }
+    return _mm512_reduce_add_ps(mins);
 }
 
 /* fp32 weights on AVX-512: one weight row after another, so the weights stream in memory order (the
@@ -384,19 +419,12 @@ VNNI static void rows_q8_x8(const Linear *L, int n0, int n1, const int8_t *qx, c
 VNNI static void rows_q4_x8(const Linear *L, int n0, int n1, const int8_t *qx, const float *xd, const float *xsum, int R,
                             float *y, int ldy) {
     int K = L->K, G = K / Q4_GROUP;
-    float sd[MAX_INT8_K / Q4_GROUP]; /* scale_g * xd_g of one (weight row, row) pair; K <= MAX_INT8_K (checked at load) */
-    for (int n = n0; n < n1; n++) {
-        const uint16_t *sm = L->sm + (long)n * G * 2;
+    float sd[MAX_INT8_K / Q4_GROUP + 16]; /* scale_g * xd_g of one (weight row, row) pair; K <= MAX_INT8_K (checked at load) */
+    for (int n = n0; n < n1; n++)
         for (int r = 0; r < R; r++) {
-            const float *d = xd + (long)r * G, *xs = xsum + (long)r * G;
-            float mins = 0;
-            for (int g = 0; g < G; g++) {
-                sd[g] = bf16_f32(sm[2 * g]) * d[g];
-                mins += bf16_f32(sm[2 * g + 1]) * xs[g];
-            }
+            float mins = q4_scales(L->sm + (long)n * G * 2, xd + (long)r * G, xsum + (long)r * G, G, sd);
             y[(long)r * ldy + n] = row_dot_x8(Q4, (const uint8_t *)L->w + (long)n * (K / 2), qx + (long)r * K, sd, G) + mins;
         }
-    }
 }
 #endif
 
@@ -490,10 +518,6 @@ static void layer_norm(const Norm *nm, const float *x, float *y, int R, int C, f
 /* -- attention of each row's new token over its blocks of the pool ------------------------------ */
 typedef struct { Model *M; int layer, R; const int64_t *pos, *table; int nb; } Attend;
 
-static inline float kv_at(const Model *M, const void *pool, long i) {
-    return M->kv_bf16 ? bf16_f32(((const uint16_t *)pool)[i]) : ((const float *)pool)[i];
-}
-
 static long slot(const Model *M, int layer, long block, int off) { /* element index of (layer, block, off, head 0, 0) */
     return ((layer * M->num_blocks + block) * M->block_len + off) * (long)M->C;
 }
@@ -525,7 +549,15 @@ KERNEL static void attend_head(Model *M, const Attend *a, int r, int h, float *s
     for (int t = 0; t <= p; t++) {
         long i = slot(M, a->layer, tab[t / bl], t % bl) + h * hs;
         float w = scores[t] / sum;
-        for (int d = 0; d < hs; d++) out[d] += w * kv_at(M, M->v, i + d);
+        if (M->kv_bf16) { /* one loop per pool type, so each vectorizes */
+            const uint16_t *v = (const uint16_t *)M->v + i;
+#pragma omp simd
+            for (int d = 0; d < hs; d++) out[d] += w * bf16_f32(v[d]);
+        } else {
+            const float *v = (const float *)M->v + i;
+#pragma omp simd
+            for (int d = 0; d < hs; d++) out[d] += w * v[d];
+        }
     }
 }
 
