@@ -35,7 +35,7 @@ GELU_C = math.sqrt(2 / math.pi)  # a Python float, so float32 arrays stay float3
 # -- the forward pass -------------------------------------------------------------------------
 
 def gelu(x):
-    return 0.5 * x * (1 + np.tanh(GELU_C * (x + 0.044715 * x**3)))  # GPT-2's tanh approximation
+    return 0.5 * x * (1 + np.tanh(GELU_C * (x + 0.044715 * x * x * x)))  # GPT-2's tanh approximation (x**3 on float32 is ~80x slower)
 
 
 def softmax(x):
@@ -44,9 +44,9 @@ def softmax(x):
 
 
 def layer_norm(x, g, b, eps: float = 1e-5):
-    mean = np.mean(x, axis=-1, keepdims=True)  # (T, 1)
-    var = np.var(x, axis=-1, keepdims=True)  # (T, 1)
-    x = (x - mean) / np.sqrt(var + eps)  # (T, C) zero mean, unit variance per position
+    x = x - np.mean(x, axis=-1, keepdims=True)  # (T, C) zero mean per position
+    var = np.mean(x * x, axis=-1, keepdims=True)  # (T, 1)
+    x = x / np.sqrt(var + eps)  # (T, C) unit variance per position
     return g * x if b is None else g * x + b  # (T, C)
 
 
