@@ -11,7 +11,7 @@ fp32 and bf16 (N, K) row-major, int8 (N, K) with one fp32 scale per row, and int
 (per group of 32 inputs, byte j holds input j in its low nibble and input j + 16 in its high one)
 with a bf16 (scale, min) pair per group: w = q * scale + min. Activations are fp32, except that
 int8 and int4 weights meet int8-rounded activations on CPUs with AVX512-VNNI (quantize_rows), and
-fp32 weights have their own AVX-512 kernels there (rows_f32_avx512).
+fp32 and bf16 weights have their own AVX-512 kernels there (rows_dense_avx512).
 
 The loops are plain C written for the compiler's vectorizer (#pragma omp simd, built with
 -fopenmp-simd, no OpenMP runtime); on x86-64 each kernel is compiled for AVX-512, AVX2 and the
@@ -338,21 +338,28 @@ VNNI static float q4_scales(const uint16_t *sm, const float *xd, const float *xs
     return _mm512_reduce_add_ps(mins);
 }
 
-/* fp32 weights on AVX-512: one weight row after another, so the weights stream in memory order (the
-   portable rows_dense reads four rows at once: 20-25% slower at batch 1 here); each 16-float piece of
-   a weight row meets up to four activation rows while it is in a register */
-VNNI static inline __attribute__((always_inline)) void dot4_f32(const float *w, const float *x, long K, int nr, float *y, int ldy) {
+/* fp32 and bf16 weights on AVX-512: one weight row after another, so the weights stream in memory order
+   (the portable rows_dense reads four rows at once: 20-25% slower at batch 1 here); each 16-weight
+   piece of a weight row meets up to four activation rows while it is in a register. fmt is a
+   constant at every call, so each format gets its own loops. */
+VNNI static inline __attribute__((always_inline)) __m512 load16(int fmt, const void *w, long k) {
+    if (fmt == BF16) /* bf16 is the top half of an fp32: widen and shift, exactly */
+        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)w + k))), 16));
+    return _mm512_loadu_ps((const float *)w + k);
+}
+
+VNNI static inline __attribute__((always_inline)) void dot4(int fmt, const void *w, const float *x, long K, int nr, float *y, int ldy) {
     __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     long k = 0;
     if (nr == 1) /* four chains over one activation row, so the multiply-adds do not wait on each other */
         for (; k + 64 <= K; k += 64) {
-            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k), _mm512_loadu_ps(x + k), a0);
-            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 16), _mm512_loadu_ps(x + k + 16), a1);
-            a2 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 32), _mm512_loadu_ps(x + k + 32), a2);
-            a3 = _mm512_fmadd_ps(_mm512_loadu_ps(w + k + 48), _mm512_loadu_ps(x + k + 48), a3);
+            a0 = _mm512_fmadd_ps(load16(fmt, w, k), _mm512_loadu_ps(x + k), a0);
+            a1 = _mm512_fmadd_ps(load16(fmt, w, k + 16), _mm512_loadu_ps(x + k + 16), a1);
+            a2 = _mm512_fmadd_ps(load16(fmt, w, k + 32), _mm512_loadu_ps(x + k + 32), a2);
+            a3 = _mm512_fmadd_ps(load16(fmt, w, k + 48), _mm512_loadu_ps(x + k + 48), a3);
         }
     for (; k + 16 <= K; k += 16) {
-        __m512 wv = _mm512_loadu_ps(w + k);
+        __m512 wv = load16(fmt, w, k);
         a0 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + k), a0);
         if (nr > 1) a1 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + K + k), a1);
         if (nr > 2) a2 = _mm512_fmadd_ps(wv, _mm512_loadu_ps(x + 2 * K + k), a2);
@@ -362,14 +369,14 @@ VNNI static inline __attribute__((always_inline)) void dot4_f32(const float *w, 
     if (nr == 1) acc[0] = _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3));
     for (int r = 0; r < nr; r++) {
         float t = _mm512_reduce_add_ps(acc[r]);
-        for (long j = k; j < K; j++) t += w[j] * x[r * K + j];
+        for (long j = k; j < K; j++) t += weight(fmt, w, j) * x[r * K + j];
         y[(long)r * ldy] = t;
     }
 }
 
 /* four weight rows times four activation rows, 16 accumulators: half a load per multiply-add, for
    batches, where the products and not the weight bytes bound the time (K a multiple of 16) */
-VNNI static void dot_4x4_f32(const float *w, const float *x, long K, float *y, int ldy) {
+VNNI static inline __attribute__((always_inline)) void dot_4x4(int fmt, const void *w, const float *x, long K, float *y, int ldy) {
     __m512 acc[4][4];
     for (int i = 0; i < 4; i++)
         for (int r = 0; r < 4; r++) acc[i][r] = _mm512_setzero_ps();
@@ -377,7 +384,7 @@ VNNI static void dot_4x4_f32(const float *w, const float *x, long K, float *y, i
         __m512 xv[4];
         for (int r = 0; r < 4; r++) xv[r] = _mm512_loadu_ps(x + r * K + k);
         for (int i = 0; i < 4; i++) {
-            __m512 wv = _mm512_loadu_ps(w + i * K + k);
+            __m512 wv = load16(fmt, w, i * K + k);
             for (int r = 0; r < 4; r++) acc[i][r] = _mm512_fmadd_ps(wv, xv[r], acc[i][r]);
         }
     }
@@ -385,27 +392,33 @@ VNNI static void dot_4x4_f32(const float *w, const float *x, long K, float *y, i
         for (int r = 0; r < 4; r++) y[(long)r * ldy + i] = _mm512_reduce_add_ps(acc[i][r]);
 }
 
-VNNI static void rows_f32_avx512(const Linear *L, int n0, int n1, const float *x, int R, float *y, int ldy) {
-    long K = L->K;
+VNNI static inline __attribute__((always_inline)) void rows_dense_avx512(int fmt, const Linear *L, int n0, int n1, const float *x, int R,
+                                                                         float *y, int ldy) {
+    long K = L->K, esize = fmt == BF16 ? 2 : 4;
+    const char *W = L->w;
     int n = n0;
     if (R >= 4 && K % 16 == 0) /* batches: blocks of 4 x 4, then the rows left over below */
         for (; n + 4 <= n1; n += 4) {
             int r = 0;
-            for (; r + 4 <= R; r += 4) dot_4x4_f32((const float *)L->w + n * K, x + r * K, K, y + (long)r * ldy + n, ldy);
-            for (int i = 0; i < 4 && r < R; i++) dot4_f32((const float *)L->w + (n + i) * K, x + r * K, K, R - r, y + (long)r * ldy + n + i, ldy);
+            for (; r + 4 <= R; r += 4) dot_4x4(fmt, W + n * K * esize, x + r * K, K, y + (long)r * ldy + n, ldy);
+            for (int i = 0; i < 4 && r < R; i++) dot4(fmt, W + (n + i) * K * esize, x + r * K, K, R - r, y + (long)r * ldy + n + i, ldy);
         }
     for (; n < n1; n++)
         for (int r = 0; r < R; r += 4) {
-            const float *w = (const float *)L->w + n * K, *xr = x + r * K;
+            const void *w = W + n * K * esize;
+            const float *xr = x + r * K;
             float *yr = y + (long)r * ldy + n;
             switch (R - r) { /* a constant nr in each call: the branches on it fold away */
-            case 1: dot4_f32(w, xr, K, 1, yr, ldy); break;
-            case 2: dot4_f32(w, xr, K, 2, yr, ldy); break;
-            case 3: dot4_f32(w, xr, K, 3, yr, ldy); break;
-            default: dot4_f32(w, xr, K, 4, yr, ldy); break;
+            case 1: dot4(fmt, w, xr, K, 1, yr, ldy); break;
+            case 2: dot4(fmt, w, xr, K, 2, yr, ldy); break;
+            case 3: dot4(fmt, w, xr, K, 3, yr, ldy); break;
+            default: dot4(fmt, w, xr, K, 4, yr, ldy); break;
             }
         }
 }
+
+VNNI static void rows_f32_avx512(const Linear *L, int n0, int n1, const float *x, int R, float *y, int ldy) { rows_dense_avx512(F32, L, n0, n1, x, R, y, ldy); }
+VNNI static void rows_bf16_avx512(const Linear *L, int n0, int n1, const float *x, int R, float *y, int ldy) { rows_dense_avx512(BF16, L, n0, n1, x, R, y, ldy); }
 
 /* int8 (N, K) weights, one fp32 scale per row */
 VNNI static void rows_q8_x8(const Linear *L, int n0, int n1, const int8_t *qx, const float *xd, int R, float *y, int ldy) {
@@ -461,7 +474,11 @@ static void matvec_rows(const MatVec *m, int n0, int n1) {
         if (vnni) { rows_f32_avx512(L, n0, n1, m->x, m->R, out, m->ldy); break; }
 #endif
         rows_f32(L, n0, n1, m->x, m->R, out, m->ldy); break;
-    case BF16: rows_bf16(L, n0, n1, m->x, m->R, out, m->ldy); break;
+    case BF16:
+#ifdef VNNI_KERNELS
+        if (vnni) { rows_bf16_avx512(L, n0, n1, m->x, m->R, out, m->ldy); break; }
+#endif
+        rows_bf16(L, n0, n1, m->x, m->R, out, m->ldy); break;
     case Q8: rows_q8(L, n0, n1, m->x, m->R, out, m->ldy); break;
     default: rows_q4(L, n0, n1, m->x, m->R, out, m->ldy, m->xsum); break;
     }
