@@ -146,7 +146,7 @@ class Engine:
         return outputs
 
     def _forward(self, work: list[tuple[Row, int]]):
-        """Run the step's tokens; returns the logits kept and each row's [lo, hi) range in them."""
+        """Run the step's tokens; returns the logits kept, each row's [lo, hi) range in them, and whether the C step ran."""
         if self.native and len(work) <= NATIVE_ROWS and all(n == 1 and not r.wants_records for r, n in work):
             tokens = [r.span(r.computed, r.computed + 1)[0] for r, _ in work]
             logits = self.native(tokens, [r.computed for r, _ in work], [r.blocks for r, _ in work], torch.get_num_threads())
