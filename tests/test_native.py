@@ -16,6 +16,19 @@ from gpt2kit.sampling_params import SamplingParams
 pytestmark = pytest.mark.skipif(not native.available(), reason="the C decode step was not built (no C compiler at install)")
 
 
+@pytest.fixture(params=["avx512", "portable"])
+def kernels(request):
+    """Each fp32/bf16 test runs on the AVX-512 kernels (where the CPU has them) and on the portable loops."""
+    from gpt2kit.inference import _decode
+
+    before = _decode.avx512()
+    if request.param == "avx512" and not before:
+        pytest.skip("this CPU has no AVX-512 with VNNI")
+    _decode.avx512(request.param == "avx512")
+    yield request.param
+    _decode.avx512(before)
+
+
 def _run(model, use_native, prompts, n=24, int8_activations=None, **engine_kw):
     """Greedy decode of every prompt at once; returns the tokens and the logits of every decode step."""
     e = Engine(model, native=use_native, adapt_threads=False, **engine_kw)
@@ -46,7 +59,7 @@ def _same_steps(a, b, tol):
 PROMPTS = [[5, 6, 7], list(range(100, 140)), [9] * 17]  # rows at different positions, across block edges
 
 
-def test_fp32_steps_equal_torch_and_greedy_equals_hf():
+def test_fp32_steps_equal_torch_and_greedy_equals_hf(kernels):
     hf = hf_model(n_layer=2, n_head=4, n_embd=64, n_positions=128, vocab_size=50257, seed=3)
     ours = ours_from_hf(hf)
     toks, steps = _run(ours, True, PROMPTS)
@@ -74,7 +87,7 @@ def test_threads_and_batch_do_not_change_a_row():
     assert together[0] == alone[0] and one_thread == together
 
 
-def test_bf16_steps_close_to_torch_bf16():
+def test_bf16_steps_close_to_torch_bf16(kernels):
     hf = hf_model(n_layer=2, n_head=4, n_embd=128, n_positions=128, vocab_size=1000, seed=0)
     bf16 = ours_from_hf(hf).to(torch.bfloat16)
     prompts = [[5, 6, 7], [8, 9], [1], [2, 3], [4]]  # one-token prompts and short ones: five rows decode from the second step
@@ -189,7 +202,7 @@ def test_load_for_inference_uses_the_c_step(tiny_checkpoint):
         assert Engine(m).native is not None, dtype
 
 
-def test_fp32_batch_steps_equal_torch():
+def test_fp32_batch_steps_equal_torch(kernels):
     """Six rows: the batch kernel's blocks of four rows, and the rows left over."""
     ours = ours_from_hf(hf_model(n_layer=2, n_head=4, n_embd=64, n_positions=128, vocab_size=50257, seed=4))
     prompts = PROMPTS + [[1, 2], list(range(300, 333)), [7] * 9]

@@ -476,7 +476,7 @@ VNNI static void rows_q4_x8(const Linear *L, int n0, int n1, const int8_t *qx, c
 }
 #endif
 
-static int vnni; /* the CPU has AVX-512 with VNNI (set at module load) */
+static int vnni; /* the AVX-512/VNNI kernels run: the CPU has them (set at module load; avx512() can turn them off) */
 
 static int vnni_supported(void) {
 #ifdef VNNI_KERNELS
@@ -767,7 +767,7 @@ static PyObject *py_model(PyObject *self, PyObject *args) {
         }
     }
     if (parse_norm(lnf, &M->ln_f) || parse_linear(head, &M->head)) { Py_DECREF(cap); return NULL; }
-    M->int8_acts = int8_acts && vnni_supported() && int8_ready(M);
+    M->int8_acts = int8_acts && vnni && int8_ready(M);
     return cap;
 }
 
@@ -803,7 +803,17 @@ static PyObject *py_step(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* avx512([on]): whether the AVX-512/VNNI kernels run; on=False makes every step (and every model made after, for
+   int8 activations) use the portable loops, so tests check those too on a CPU that has the fast ones */
+static PyObject *py_avx512(PyObject *self, PyObject *args) {
+    int on = -1;
+    if (!PyArg_ParseTuple(args, "|p", &on)) return NULL;
+    if (on != -1) vnni = on && vnni_supported();
+    return PyBool_FromLong(vnni);
+}
+
 static PyMethodDef methods[] = {
+    {"avx512", py_avx512, METH_VARARGS, "Whether the AVX-512/VNNI kernels run; avx512(False) makes the portable loops run."},
     {"model", py_model, METH_VARARGS, "Wrap a model's weights and KV pool (pointers) for step()."},
     {"step", py_step, METH_VARARGS, "One decode step for every row: writes their logits and their keys/values."},
     {"int8_activations", py_int8_activations, METH_O, "Whether the model's int8/int4 linears run on int8 activations (VNNI)."},
