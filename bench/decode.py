@@ -41,6 +41,7 @@ from common import table, timeit  # noqa: E402
 GPT2KIT = ["gpt2kit:float32", "gpt2kit:bfloat16", "gpt2kit:int8", "gpt2kit:int8+fp32acts", "gpt2kit:int4", "gpt2kit:int4+fp32acts"]
 PEERS = ["hf", "ct2:float32", "ct2:int8", "llama:f32", "llama:q8_0", "llama:q4_0"]
 PROMPT = [(i * 7919 + 13) % 50257 for i in range(32)]  # fixed ids, the same for every engine
+N_PARAMS = 124_439_808  # GPT-2 124M, the head tied to the embedding
 
 
 # -- workers: one engine each, answering {"batch", "n", "sample"} with row-0 tokens and step times ---------
@@ -337,21 +338,13 @@ def main() -> None:
     if args.profile:
         return profile(args.profile, args.new_tokens)
 
-    import torch
-
     specs = []
     for s in args.engines.split(","):
         why = available(s)
         print(f"{s}: {why}") if why else specs.append(s)
-    n_params = 124_439_808  # GPT-2 124M, the head tied to the embedding
-    weight_bytes, N = n_params * 4, args.new_tokens
+    weight_bytes, N = N_PARAMS * 4, args.new_tokens
     weight_mib = weight_bytes / 2**20
-    print(f"python {sys.version.split()[0]}, torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.2f} at start")
-    bw = ceiling(weight_bytes)
-    ceil_tps = bw["read"] * 1e9 / weight_bytes
-    print("memory bandwidth: " + ", ".join(f"{k} {v:.1f} GB/s ({v * 1e9 / weight_bytes:.1f} tok/s)" for k, v in bw.items())
-          + f"; fp32 ceiling used below: {ceil_tps:.1f} tok/s (the streaming read over {weight_bytes / 1e6:.0f} MB of weights)")
+    ceil_tps = print_machine(weight_bytes)
     with tempfile.TemporaryDirectory() as d:
         make_models(d, specs)
         workers = {s: Worker(s, d) for s in specs}
@@ -376,6 +369,19 @@ def main() -> None:
                 if w.p.poll() is None:
                     w.close()
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
+
+
+def print_machine(weight_bytes: int) -> float:
+    """Print the versions, threads, load and memory bandwidth; return the fp32 ceiling in tok/s (the streaming read)."""
+    import torch
+
+    print(f"python {sys.version.split()[0]}, torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.2f} at start")
+    bw = ceiling(weight_bytes)
+    ceil_tps = bw["read"] * 1e9 / weight_bytes
+    print("memory bandwidth: " + ", ".join(f"{k} {v:.1f} GB/s ({v * 1e9 / weight_bytes:.1f} tok/s)" for k, v in bw.items())
+          + f"; fp32 ceiling used below: {ceil_tps:.1f} tok/s (the streaming read over {weight_bytes / 1e6:.0f} MB of weights)")
+    return ceil_tps
 
 
 def profile(spec: str, n: int) -> None:
