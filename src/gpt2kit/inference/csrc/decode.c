@@ -32,8 +32,8 @@ enum { F32 = 0, BF16 = 1, Q8 = 2, Q4 = 3 };
 #define Q4_GROUP 32
 #define MAX_THREADS 64
 #define MAX_INT8_K 32768 /* inputs of a linear on int8 activations (gpt2-xl's widest: 6400) */
-#define SPIN 4000
-#define CHUNK 64 /* output rows a thread takes at a time (a multiple of 4, the fp32 kernel's rows per x load) */ /* pauses (~40 ns each) a worker waits for work before it sleeps */
+#define SPIN 4000 /* pauses (~40 ns each) a worker waits for work before it sleeps */
+#define CHUNK 64  /* output rows a thread takes at a time (a multiple of 4, the fp32 kernel's rows per x load) */
 
 #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) && !defined(__clang__)
 #define KERNEL __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
@@ -577,51 +577,68 @@ static long slot(const Model *M, int layer, long block, int off) { /* element in
     return ((layer * M->num_blocks + block) * M->block_len + off) * (long)M->C;
 }
 
-KERNEL static void attend_head(Model *M, const Attend *a, int r, int h, float *scores) {
-    int C = M->C, hs = C / M->n_head, bl = M->block_len, p = (int)a->pos[r];
-    const float *q = M->qkv + (long)r * 3 * C + h * hs;
+/* heads [h0, h1) of row r. Positions run outermost, so each step reads one position's keys (then values) for these
+   heads as one contiguous piece of the pool: a loop per head would stride a whole position's C floats per
+   read, which the prefetchers do not follow (batch 8 at position 150: a third of the step). scores: (n_head, block_size) */
+KERNEL static void attend_heads(Model *M, const Attend *a, int r, int h0, int h1, float *scores) {
+    int C = M->C, hs = C / M->n_head, bl = M->block_len, p = (int)a->pos[r], S = M->block_size;
+    const float *q = M->qkv + (long)r * 3 * C;
     const int64_t *tab = a->table + (long)r * a->nb;
-    float scale = 1.0f / sqrtf((float)hs), mx = -INFINITY;
+    float scale = 1.0f / sqrtf((float)hs), mx[h1 - h0], sum[h1 - h0];
+    for (int h = h0; h < h1; h++) mx[h - h0] = -INFINITY, sum[h - h0] = 0;
     for (int t = 0; t <= p; t++) {
-        long i = slot(M, a->layer, tab[t / bl], t % bl) + h * hs;
-        float s = 0;
-        if (M->kv_bf16) {
-            const uint16_t *k = (const uint16_t *)M->k + i;
+        long i = slot(M, a->layer, tab[t / bl], t % bl);
+        for (int h = h0; h < h1; h++) {
+            const float *qh = q + h * hs;
+            float s = 0;
+            if (M->kv_bf16) {
+                const uint16_t *k = (const uint16_t *)M->k + i + h * hs;
 #pragma omp simd reduction(+ : s)
-            for (int d = 0; d < hs; d++) s += q[d] * bf16_f32(k[d]);
-        } else {
-            const float *k = (const float *)M->k + i;
+                for (int d = 0; d < hs; d++) s += qh[d] * bf16_f32(k[d]);
+            } else {
+                const float *k = (const float *)M->k + i + h * hs;
 #pragma omp simd reduction(+ : s)
-            for (int d = 0; d < hs; d++) s += q[d] * k[d];
+                for (int d = 0; d < hs; d++) s += qh[d] * k[d];
+            }
+            scores[h * S + t] = s * scale;
+            mx[h - h0] = s * scale > mx[h - h0] ? s * scale : mx[h - h0];
         }
-        scores[t] = s * scale;
-        mx = scores[t] > mx ? scores[t] : mx;
     }
-    float sum = 0;
-    for (int t = 0; t <= p; t++) sum += scores[t] = expf(scores[t] - mx);
-    float *out = M->att + (long)r * C + h * hs;
-    for (int d = 0; d < hs; d++) out[d] = 0;
+    for (int h = h0; h < h1; h++) {
+        float *sc = scores + h * S;
+        for (int t = 0; t <= p; t++) sum[h - h0] += sc[t] = expf(sc[t] - mx[h - h0]);
+    }
+    float *out = M->att + (long)r * C;
+    for (int d = h0 * hs; d < h1 * hs; d++) out[d] = 0;
     for (int t = 0; t <= p; t++) {
-        long i = slot(M, a->layer, tab[t / bl], t % bl) + h * hs;
-        float w = scores[t] / sum;
-        if (M->kv_bf16) { /* one loop per pool type, so each vectorizes */
-            const uint16_t *v = (const uint16_t *)M->v + i;
+        long i = slot(M, a->layer, tab[t / bl], t % bl);
+        for (int h = h0; h < h1; h++) {
+            float w = scores[h * S + t] / sum[h - h0], *o = out + h * hs;
+            if (M->kv_bf16) { /* one loop per pool type, so each vectorizes */
+                const uint16_t *v = (const uint16_t *)M->v + i + h * hs;
 #pragma omp simd
-            for (int d = 0; d < hs; d++) out[d] += w * bf16_f32(v[d]);
-        } else {
-            const float *v = (const float *)M->v + i;
+                for (int d = 0; d < hs; d++) o[d] += w * bf16_f32(v[d]);
+            } else {
+                const float *v = (const float *)M->v + i + h * hs;
 #pragma omp simd
-            for (int d = 0; d < hs; d++) out[d] += w * v[d];
+                for (int d = 0; d < hs; d++) o[d] += w * v[d];
+            }
         }
     }
 }
 
+/* units of (row, a run of heads): whole rows when there are enough for the threads, else each row's heads in parts */
 static void attend_task(void *arg, int tid, int nth) {
     Attend *a = arg;
     Model *M = a->M;
-    int lo, hi;
-    split(a->R * M->n_head, 1, tid, nth, &lo, &hi);
-    for (int i = lo; i < hi; i++) attend_head(M, a, i / M->n_head, i % M->n_head, M->scores + (long)tid * M->block_size);
+    int H = M->n_head, parts = a->R >= 2 * nth ? 1 : (2 * nth + a->R - 1) / a->R, lo, hi;
+    if (parts > H) parts = H;
+    int per = (H + parts - 1) / parts;
+    split(a->R * parts, 1, tid, nth, &lo, &hi);
+    for (int i = lo; i < hi; i++) {
+        int r = i / parts, h0 = i % parts * per, h1 = h0 + per < H ? h0 + per : H;
+        if (h0 < h1) attend_heads(M, a, r, h0, h1, M->scores + (long)tid * H * M->block_size);
+    }
 }
 
 static void store_kv(Model *M, int layer, int R, const int64_t *pos, const int64_t *table, int nb) {
@@ -752,7 +769,7 @@ static PyObject *py_model(PyObject *self, PyObject *args) {
     M->wte = (const void *)(uintptr_t)wte; M->wpe = (const void *)(uintptr_t)wpe;
     M->k = (void *)(uintptr_t)k; M->v = (void *)(uintptr_t)v;
     M->h = calloc(M->n_layer, sizeof(Layer));
-    M->scores = malloc(sizeof(float) * MAX_THREADS * M->block_size);
+    M->scores = malloc(sizeof(float) * MAX_THREADS * M->n_head * M->block_size);
     PyObject *cap = PyCapsule_New(M, "gpt2kit.decode.Model", model_free);
     if (!cap) { free(M->h); free(M->scores); free(M); return NULL; }
     if (!M->h || !M->scores) { Py_DECREF(cap); return PyErr_NoMemory(); }
