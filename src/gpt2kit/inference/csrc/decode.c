@@ -490,7 +490,7 @@ static int vnni_supported(void) {
 
 /* -- one Linear over the rows, split by output rows across the threads ------------------------ */
 enum { STORE = 0, ADD = 1, GELU = 2 };
-typedef struct { const Linear *L; const float *x, *xsum; int R; float *y; int ldy, mode; float *tmp; const int8_t *qx; const float *xd; _Atomic int next; } MatVec;
+typedef struct { const Linear *L; const float *x, *xsum; int R; float *y; int ldy, mode; float *tmp; const int8_t *qx; const float *xd; _Atomic int next[MAX_THREADS]; } MatVec;
 
 static inline float gelu(float v) { return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v))); }
 
@@ -531,13 +531,20 @@ static void matvec_rows(const MatVec *m, int n0, int n1) {
     }
 }
 
-/* threads take chunks of CHUNK rows in turn until none is left: a thread the scheduler holds up
-   (a busy neighbour, a VM's stalls) does less of the work instead of making the others wait */
+/* each thread owns an equal share of the rows and works through it in chunks of CHUNK, in memory order (one
+   sequential stream per thread: chunks dealt out in turn made each thread's reads jump every chunk, and int8 steps
+   ~15% slower); a thread done with its share takes the chunks still untaken in the others', so a thread the
+   scheduler holds up (a busy neighbour, a VM's stalls) does less of the work instead of making the others wait */
 static void matvec_task(void *arg, int tid, int nth) {
     MatVec *m = arg;
-    int N = m->L->N;
-    for (int c; (c = atomic_fetch_add_explicit(&m->next, 1, memory_order_relaxed)) * CHUNK < N;)
-        matvec_rows(m, c * CHUNK, c * CHUNK + CHUNK < N ? c * CHUNK + CHUNK : N);
+    int N = m->L->N, per = ((N + nth - 1) / nth + CHUNK - 1) / CHUNK; /* chunks in each thread's share */
+    for (int i = 0; i < nth; i++) {
+        int t = (tid + i) % nth;
+        for (int c; (c = atomic_fetch_add_explicit(&m->next[t], 1, memory_order_relaxed)) < per && (t * per + c) * CHUNK < N;) {
+            int n0 = (t * per + c) * CHUNK;
+            matvec_rows(m, n0, n0 + CHUNK < N ? n0 + CHUNK : N);
+        }
+    }
 }
 
 static void group_sums(const float *x, int R, int K, float *xsum) {
@@ -554,7 +561,7 @@ static void linear(Model *M, const Linear *L, const float *x, int R, float *y, i
     int q8 = M->int8_acts && (L->fmt == Q8 || L->fmt == Q4);
     if (L->fmt == Q4) group_sums(x, R, L->K, M->xsum);
     if (q8) quantize_rows(x, R, L->K, M->qx, M->xd);
-    MatVec m = {L, x, M->xsum, R, y, ldy, mode, M->tmp, q8 ? M->qx : NULL, M->xd, 0};
+    MatVec m = {L, x, M->xsum, R, y, ldy, mode, M->tmp, q8 ? M->qx : NULL, M->xd, {0}};
     run(matvec_task, &m);
 }
 
