@@ -174,3 +174,21 @@ def test_cli_rejects_degenerate_settings_in_one_line(tiny_checkpoint):
         r = cli(*base, "--temperature", "1e-300")
         assert_one_line_error(r, "use 0 for greedy")
         assert r.stdout == ""
+
+
+def test_two_level_topk_and_numpy_argmax_equal_torch():
+    from gpt2kit.sampling import argmax, topk
+
+    g = torch.Generator().manual_seed(0)
+    full = torch.randn(5, 50304, generator=g)
+    logits = full[:, :50257]  # a C step's rows: a view with a padded stride, and a tail no block of 64 holds
+    logits[1, 50200:] += 10  # row 1's largest entries sit in the tail
+    logits[2, ::2] = float("-inf")
+    logits[3, 7] = float("nan")  # NaN counts as maximal, as torch.argmax has it
+    logits[4, 100] = logits[4, 30000] = 50.0  # a tie: the first index wins
+    for k in (1, 40, 100):
+        vals, ids = topk(logits[[0, 1, 2, 4]], k)
+        want = torch.topk(logits[[0, 1, 2, 4]], k, dim=-1)
+        assert torch.equal(vals, want.values) and torch.equal(ids, want.indices)
+    assert argmax(logits).tolist() == torch.argmax(logits, dim=-1).tolist() == argmax(logits.contiguous()).tolist()
+    assert argmax(logits)[3] == 7 and argmax(logits)[4] == 100
