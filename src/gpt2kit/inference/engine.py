@@ -181,7 +181,7 @@ class Engine:
         outputs = []
         for group in groups.values():
             rows = [r for r, _ in group]
-            lg = logits[[i for _, i in group]]  # (R, V)
+            lg = _rows(logits, [i for _, i in group])  # (R, V)
             try:
                 tokens = sample_rows(lg, [r.sampler for r in rows])
             except Exception as e:
@@ -266,3 +266,10 @@ class Engine:
                 torch.tensor([[t for t, _ in e[1]] for e in entries], dtype=torch.int32),
                 torch.tensor([[v for _, v in e[1]] for e in entries]),
                 lp[(i + 1) * bl - 1 - before].clone())
+
+
+def _rows(logits: torch.Tensor, idx: list[int]) -> torch.Tensor:
+    """logits[idx]: a view when idx is a run of consecutive rows (a C step's rows are), not a copy (b8: 0.36 ms)."""
+    if idx == list(range(idx[0], idx[0] + len(idx))):
+        return logits[idx[0] : idx[0] + len(idx)]
+    return logits[idx]
