@@ -176,8 +176,8 @@ def test_cli_rejects_degenerate_settings_in_one_line(tiny_checkpoint):
         assert r.stdout == ""
 
 
-def test_two_level_topk_and_numpy_argmax_equal_torch():
-    from gpt2kit.sampling import argmax, topk
+def test_two_level_topk_and_numpy_greedy_equal_torch():
+    from gpt2kit.sampling import NO_FINITE_LOGIT, greedy, topk
 
     g = torch.Generator().manual_seed(0)
     full = torch.randn(5, 50304, generator=g)
@@ -190,5 +190,8 @@ def test_two_level_topk_and_numpy_argmax_equal_torch():
         vals, ids = topk(logits[[0, 1, 2, 4]], k)
         want = torch.topk(logits[[0, 1, 2, 4]], k, dim=-1)
         assert torch.equal(vals, want.values) and torch.equal(ids, want.indices)
-    assert argmax(logits).tolist() == torch.argmax(logits, dim=-1).tolist() == argmax(logits.contiguous()).tolist()
-    assert argmax(logits)[3] == 7 and argmax(logits)[4] == 100
+    want = torch.argmax(logits, dim=-1)
+    want[3] = torch.argmax(torch.nan_to_num(logits[3], nan=float("-inf")))  # greedy skips the NaN
+    assert greedy(logits).tolist() == want.tolist() == greedy(logits.contiguous()).tolist()
+    assert greedy(logits)[4] == 100  # of two equal maxima, the first
+    assert greedy(torch.full((2, 9), float("nan"))).tolist() == [NO_FINITE_LOGIT] * 2
