@@ -142,10 +142,16 @@ class Int8ActivationsLinear(torch.nn.Module):
 PROMPTS_1 = [[5], [77], [9]]  # one-token prompts: every step is a C step (torch's int4 prompt kernel rounds to bf16)
 
 
+# widths: 64 (inputs 64 and 256: int4 as whole 128-input blocks, or two groups of 32 alone), 224 (896, and 224 = a
+# block, then a pair of groups and one group: pack_nibbles' tail)
+WIDTHS = [64, 224]
+
+
+@pytest.mark.parametrize("n_embd", WIDTHS)
 @pytest.mark.parametrize("quantize", [quantize_int8, quantize_int4])
-def test_quantized_steps_equal_their_dequantized_weights(quantize):
+def test_quantized_steps_equal_their_dequantized_weights(quantize, n_embd):
     """With fp32 activations the C step multiplies by exactly the weights the quantized layer stands for."""
-    q, ref = _quantized_and_reference(quantize)
+    q, ref = _quantized_and_reference(quantize, n_embd=n_embd)
     toks, steps = _run(q, True, PROMPTS_1, int8_activations=False)
     ref_toks, ref_steps = _run(ref, False, PROMPTS_1)
     assert toks == ref_toks and _same_steps(steps, ref_steps, 1e-5)
@@ -156,16 +162,18 @@ def _int8_activations_built() -> bool:
     return Engine(q, adapt_threads=False).native.int8_activations
 
 
+@pytest.mark.parametrize("n_embd,steps", [(64, 2), (224, 1)])
 @pytest.mark.parametrize("quantize", [quantize_int8, quantize_int4])
-def test_int8_activation_steps_equal_their_torch_arithmetic(quantize):
-    """The VNNI kernels compute Int8ActivationsLinear's sum (two steps: a later one could differ by a code
-    that rounds the other way after a 1e-7 difference upstream, and carry it on in the KV cache)."""
+def test_int8_activation_steps_equal_their_torch_arithmetic(quantize, n_embd, steps):
+    """The VNNI kernels compute Int8ActivationsLinear's sum (few steps: a later one can differ by a code that
+    rounds the other way after a 1e-7 difference upstream, and carry it on in the KV cache; at width 224 the
+    second step's already do)."""
     if not _int8_activations_built():
         pytest.skip("this CPU has no AVX512-VNNI: the C step keeps fp32 activations")
-    q, ref = _quantized_and_reference(quantize, layer=Int8ActivationsLinear)
-    toks, steps = _run(q, True, PROMPTS_1, n=2, int8_activations=True)
-    ref_toks, ref_steps = _run(ref, False, PROMPTS_1, n=2)
-    assert toks == ref_toks and _same_steps(steps, ref_steps, 1e-5)
+    q, ref = _quantized_and_reference(quantize, n_embd=n_embd, layer=Int8ActivationsLinear)
+    toks, got = _run(q, True, PROMPTS_1, n=steps, int8_activations=True)
+    ref_toks, want = _run(ref, False, PROMPTS_1, n=steps)
+    assert toks == ref_toks and _same_steps(got, want, 1e-5)
 
 
 @pytest.mark.parametrize("quantize", [quantize_int8, quantize_int4])

@@ -104,6 +104,30 @@ def int4_groups(w: torch.Tensor, group: int) -> tuple[torch.Tensor, torch.Tensor
     return q, scale, lo
 
 
+NIBBLE_BLOCK = 128  # inputs per 64 bytes of the C step's int4 layout
+
+
+def pack_nibbles(q: torch.Tensor) -> torch.Tensor:
+    """Codes q (N, K) uint8 in 0..15 -> (N, K / 2) bytes, the C decode step's int4 layout.
+
+    Each block of 128 inputs is 64 bytes, byte j holding input j in its low nibble and input j + 64
+    in its high one, so one 64-byte load splits with a mask and a shift into two runs of 64 codes in
+    input order (one vpdpbusd each). Inputs past the last whole block (K mod 128: gpt2-xl's 1600)
+    go by groups of 32: 16 bytes, byte j holding input j and input j + 16."""
+    N, K = q.shape
+    main = q[:, : K - K % NIBBLE_BLOCK].reshape(N, -1, 2, NIBBLE_BLOCK // 2)  # (N, blocks, 2, 64)
+    tail = q[:, K - K % NIBBLE_BLOCK :].reshape(N, -1, 2, INT4_GROUP // 2)  # (N, groups, 2, 16)
+    return torch.cat([(x[:, :, 0] | (x[:, :, 1] << 4)).reshape(N, -1) for x in (main, tail)], 1)
+
+
+def unpack_nibbles(b: torch.Tensor, K: int) -> torch.Tensor:
+    """pack_nibbles undone: (N, K / 2) bytes -> codes (N, K) uint8."""
+    N, split = b.shape[0], (K - K % NIBBLE_BLOCK) // 2
+    main = b[:, :split].reshape(N, -1, 1, NIBBLE_BLOCK // 2)
+    tail = b[:, split:].reshape(N, -1, 1, INT4_GROUP // 2)
+    return torch.cat([torch.cat([x & 15, x >> 4], 2).reshape(N, -1) for x in (main, tail)], 1)
+
+
 class Int4Linear(nn.Module):
     """y = x W^T + b with W in group-wise 4 bits: W[n, k] = q[n, k] * scale[n, g] + min[n, g], g = k // group.
 
@@ -118,8 +142,8 @@ class Int4Linear(nn.Module):
         Np, G = N + -N % 16, K // group  # the kernel takes whole tiles of 16 rows; the padding is sliced off
         self.register_buffer("packed", torch.empty(Np, K // 2, dtype=torch.uint8))  # (Np, K / 2), torch's int4 layout
         self.register_buffer("scale_zero", torch.empty(G, Np, 2, dtype=torch.bfloat16))  # (G, Np, 2)
-        # the same weights as the C decode step reads them (inference/native.py): per group of 32, byte j holds q[j] in its
-        # low nibble and q[j + 16] in its high one, and a bf16 (scale, min) pair
+        # the same weights as the C decode step reads them (inference/native.py): codes packed by pack_nibbles, and a bf16
+        # (scale, min) pair per group
         self.register_buffer("nibbles", torch.empty(N, K // 2, dtype=torch.uint8))  # (N, K / 2)
         self.register_buffer("scale_min", torch.empty(N, G, 2, dtype=torch.bfloat16))  # (N, G, 2)
         for i in range(0, N, CHUNK_ROWS):
@@ -133,8 +157,7 @@ class Int4Linear(nn.Module):
         q, scale, lo = int4_groups(torch.cat([w, w.new_zeros(pad, K)]), g)  # (rows + pad, K), (rows + pad, G, 1) twice
         self.packed[i : i + rows + pad] = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
         self.scale_zero[:, i : i + rows + pad] = torch.cat([scale, lo + 8 * scale], 2).transpose(0, 1)
-        q = q[:rows].view(rows, K // g, 2, g // 2).to(torch.uint8)  # (rows, G, 2, 16)
-        self.nibbles[i : i + rows] = (q[:, :, 0] | (q[:, :, 1] << 4)).reshape(rows, K // 2)
+        self.nibbles[i : i + rows] = pack_nibbles(q[:rows].to(torch.uint8))
         self.scale_min[i : i + rows] = torch.cat([scale[:rows], lo[:rows]], 2)
 
     def forward(self, x):
@@ -146,8 +169,7 @@ class Int4Linear(nn.Module):
     def dequantized(self) -> torch.Tensor:
         """(N, K) fp32: the weights of the C decode step's format (nibbles, bf16 scale and min)."""
         N, K, g = self.out_features, self.in_features, self.group
-        b = self.nibbles.view(N, K // g, 1, g // 2)
-        q = torch.cat([b & 15, b >> 4], 2).reshape(N, K // g, g).float()  # (N, G, g)
+        q = unpack_nibbles(self.nibbles, K).view(N, K // g, g).float()  # (N, G, g)
         sm = self.scale_min.float()
         return (q * sm[:, :, :1] + sm[:, :, 1:]).reshape(N, K)
 

@@ -8,8 +8,9 @@ the paged KV cache the torch model and engine already hold (raw pointers; nothin
 The model it computes is model.py's, token for token: pre-LN blocks, tanh GELU, attention over
 each row's blocks of the pool (inference/kv.py's layout). Linear weights come in four formats:
 fp32 and bf16 (N, K) row-major, int8 (N, K) with one fp32 scale per row, and int4 (N, K/2) bytes
-(per group of 32 inputs, byte j holds input j in its low nibble and input j + 16 in its high one)
-with a bf16 (scale, min) pair per group: w = q * scale + min. Activations are fp32, except that
+(quantize.pack_nibbles: per block of 128 inputs, byte j holds input j in its low nibble and input
+j + 64 in its high one; inputs past the last block by groups of 32, byte j holding j and j + 16)
+with a bf16 (scale, min) pair per group of 32: w = q * scale + min. Activations are fp32, except that
 int8 and int4 weights meet int8-rounded activations on CPUs with AVX512-VNNI (quantize_rows), and
 fp32 and bf16 weights have their own AVX-512 kernels there (rows_dense_avx512).
 
@@ -229,27 +230,36 @@ KERNEL static void rows_bf16(const Linear *L, int n0, int n1, const float *x, in
 KERNEL static void rows_q8(const Linear *L, int n0, int n1, const float *x, int R, float *y, int ldy) { rows_dense(Q8, L, n0, n1, x, R, y, ldy); }
 
 /* int4: sum_g scale_g * (q_g . x_g) + sum_g min_g * sum(x_g); xsum (R, K / 32) holds the sums of x */
+/* one int4 weight row's products with fp32 activations x, in pack_nibbles' layout */
+static inline __attribute__((always_inline)) float row_q4(const uint8_t *b, const uint16_t *sm, const float *x, const float *xs, int G) {
+    float acc[16] = {0}, mins = 0;
+    int g = 0;
+    for (; g + 4 <= G; g += 4, b += 64) { /* a block of 128 inputs: groups g .. g + 3 */
+        const float *xg = x + g * Q4_GROUP;
+        float s0 = bf16_f32(sm[2 * g]), s1 = bf16_f32(sm[2 * g + 2]), s2 = bf16_f32(sm[2 * g + 4]), s3 = bf16_f32(sm[2 * g + 6]);
+#pragma omp simd
+        for (int j = 0; j < 16; j++)
+            acc[j] += s0 * ((float)(b[j] & 15) * xg[j] + (float)(b[j + 16] & 15) * xg[j + 16])
+                      + s1 * ((float)(b[j + 32] & 15) * xg[j + 32] + (float)(b[j + 48] & 15) * xg[j + 48])
+                      + s2 * ((float)(b[j] >> 4) * xg[j + 64] + (float)(b[j + 16] >> 4) * xg[j + 80])
+                      + s3 * ((float)(b[j + 32] >> 4) * xg[j + 96] + (float)(b[j + 48] >> 4) * xg[j + 112]);
+    }
+    for (; g < G; g++, b += 16) { /* the groups after the last block */
+        const float *xg = x + g * Q4_GROUP;
+        float s = bf16_f32(sm[2 * g]);
+#pragma omp simd
+        for (int j = 0; j < 16; j++) acc[j] += s * ((float)(b[j] & 15) * xg[j] + (float)(b[j] >> 4) * xg[j + 16]);
+    }
+    for (g = 0; g < G; g++) mins += bf16_f32(sm[2 * g + 1]) * xs[g];
+    for (int j = 0; j < 16; j++) mins += acc[j];
+    return mins;
+}
+
 KERNEL static void rows_q4(const Linear *L, int n0, int n1, const float *x, int R, float *y, int ldy, const float *xsum) {
     int K = L->K, G = K / Q4_GROUP;
-    for (int n = n0; n < n1; n++) {
-        const uint8_t *q = (const uint8_t *)L->w + (long)n * (K / 2);
-        const uint16_t *sm = L->sm + (long)n * G * 2;
-        for (int r = 0; r < R; r++) {
-            const float *xr = x + (long)r * K, *xs = xsum + (long)r * G;
-            float acc[16] = {0}, mins = 0;
-            for (int g = 0; g < G; g++) {
-                const uint8_t *b = q + g * 16;
-                const float *xg = xr + g * Q4_GROUP;
-                float s = bf16_f32(sm[2 * g]);
-#pragma omp simd
-                for (int j = 0; j < 16; j++) acc[j] += s * ((float)(b[j] & 15) * xg[j] + (float)(b[j] >> 4) * xg[j + 16]);
-                mins += bf16_f32(sm[2 * g + 1]) * xs[g];
-            }
-            float t = mins;
-            for (int j = 0; j < 16; j++) t += acc[j];
-            y[(long)r * ldy + n] = t;
-        }
-    }
+    for (int n = n0; n < n1; n++)
+        for (int r = 0; r < R; r++)
+            y[(long)r * ldy + n] = row_q4((const uint8_t *)L->w + (long)n * (K / 2), L->sm + (long)n * G * 2, x + (long)r * K, xsum + (long)r * G, G);
 }
 
 /* -- the same with int8 activations ----------------------------------------------------------------
@@ -291,27 +301,44 @@ VNNI static inline __m512i q4_pair(const uint8_t *q, const int8_t *xq) {
     return _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(codes, _mm512_set1_epi8(15)), _mm512_loadu_si512(xq));
 }
 
-/* sum_g s[g] * (w_g . qx_g) over one weight row, two groups per step in two chains so the multiply-adds
-   do not wait on each other; fmt Q8 reads 32 weight bytes per group, Q4 16 (a constant at each call:
-   the branch folds away) */
-VNNI static inline __attribute__((always_inline)) float row_dot_x8(int fmt, const void *w, const int8_t *xq, const float *s, int G) {
+/* a pair of groups' scales s[i], s[i + 1] spread as q8_pair's lanes */
+VNNI static inline __m512 pair_scales(const float *s) {
     const __m512i two = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    return _mm512_permutexvar_ps(two, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd((const double *)s))));
+}
+
+/* sum_g s[g] * (w_g . qx_g) over one int8 weight row, two groups per step in two chains so the multiply-adds
+   do not wait on each other */
+VNNI static inline float row_dot_q8(const int8_t *w, const int8_t *xq, const float *s, int G) {
     __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-    int bytes = fmt == Q8 ? 32 : 16, g = 0;
-#define PAIR(i) (fmt == Q8 ? q8_pair((const int8_t *)w + (i) * bytes, xq + (i) * 32) : q4_pair((const uint8_t *)w + (i) * bytes, xq + (i) * 32))
-#define SCALES(i) _mm512_permutexvar_ps(two, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd((const double *)(s + (i))))))
+    int g = 0;
     for (; g + 4 <= G; g += 4) {
-        a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(PAIR(g)), SCALES(g), a0);
-        a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(PAIR(g + 2)), SCALES(g + 2), a1);
+        a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q8_pair(w + g * 32, xq + g * 32)), pair_scales(s + g), a0);
+        a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q8_pair(w + g * 32 + 64, xq + g * 32 + 64)), pair_scales(s + g + 2), a1);
     }
-    for (; g + 2 <= G; g += 2) a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(PAIR(g)), SCALES(g), a0);
-#undef PAIR
-#undef SCALES
+    for (; g + 2 <= G; g += 2) a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q8_pair(w + g * 32, xq + g * 32)), pair_scales(s + g), a0);
     float t = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
-    if (g < G) { /* an odd group count: the last group alone */
-        __m256i p = fmt == Q8 ? q8_group((const int8_t *)w + g * bytes, xq + g * 32) : q4_group((const uint8_t *)w + g * bytes, xq + g * 32);
-        t += hsum8(_mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(s[g])));
+    if (g < G) t += hsum8(_mm256_mul_ps(_mm256_cvtepi32_ps(q8_group(w + g * 32, xq + g * 32)), _mm256_set1_ps(s[g]))); /* an odd group count */
+    return t;
+}
+
+/* the same for an int4 row in pack_nibbles' layout: each 128-input block is one 64-byte load, whose low nibbles
+   (inputs 0-63) and high nibbles (64-127) each meet their activations in one vpdpbusd, with no shuffles (the
+   per-group layout needed four per 64 inputs; this one reads the weights at the memory's pace) */
+VNNI static inline float row_dot_q4(const uint8_t *w, const int8_t *xq, const float *s, int G) {
+    const __m512i m = _mm512_set1_epi8(15);
+    __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+    int g = 0;
+    for (; g + 4 <= G; g += 4, w += 64) {
+        __m512i b = _mm512_loadu_si512(w);
+        __m512i lo = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(b, m), _mm512_loadu_si512(xq + g * 32));
+        __m512i hi = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_and_si512(_mm512_srli_epi16(b, 4), m), _mm512_loadu_si512(xq + g * 32 + 64));
+        a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lo), pair_scales(s + g), a0);
+        a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(hi), pair_scales(s + g + 2), a1);
     }
+    if (g + 2 <= G) { a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q4_pair(w, xq + g * 32)), pair_scales(s + g), a0); g += 2; w += 32; }
+    float t = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+    if (g < G) t += hsum8(_mm256_mul_ps(_mm256_cvtepi32_ps(q4_group(w, xq + g * 32)), _mm256_set1_ps(s[g])));
     return t;
 }
 
@@ -464,7 +491,7 @@ VNNI static void rows_q8_x8(const Linear *L, int n0, int n1, const int8_t *qx, c
     int K = L->K, G = K / Q4_GROUP;
     for (int n = n0; n < n1; n++)
         for (int r = 0; r < R; r++)
-            y[(long)r * ldy + n] = row_dot_x8(Q8, (const int8_t *)L->w + (long)n * K, qx + (long)r * K, xd + (long)r * G, G) * L->scale[n];
+            y[(long)r * ldy + n] = row_dot_q8((const int8_t *)L->w + (long)n * K, qx + (long)r * K, xd + (long)r * G, G) * L->scale[n];
 }
 
 /* int4: sum_g scale_g * xd_g * (q_g . qx_g) + sum_g min_g * sum(x_g); the minimum term stays on the exact inputs */
@@ -475,7 +502,7 @@ VNNI static void rows_q4_x8(const Linear *L, int n0, int n1, const int8_t *qx, c
     for (int n = n0; n < n1; n++)
         for (int r = 0; r < R; r++) {
             float mins = q4_scales(L->sm + (long)n * G * 2, xd + (long)r * G, xsum + (long)r * G, G, sd);
-            y[(long)r * ldy + n] = row_dot_x8(Q4, (const uint8_t *)L->w + (long)n * (K / 2), qx + (long)r * K, sd, G) + mins;
+            y[(long)r * ldy + n] = row_dot_q4((const uint8_t *)L->w + (long)n * (K / 2), qx + (long)r * K, sd, G) + mins;
         }
 }
 #endif
@@ -551,10 +578,11 @@ static void matvec_task(void *arg, int tid, int nth) {
     }
 }
 
-static void group_sums(const float *x, int R, int K, float *xsum) {
+KERNEL static void group_sums(const float *x, int R, int K, float *xsum) {
     for (int r = 0; r < R; r++)
         for (int g = 0; g < K / Q4_GROUP; g++) {
             float s = 0;
+#pragma omp simd reduction(+ : s)
             for (int j = 0; j < Q4_GROUP; j++) s += x[(long)r * K + g * Q4_GROUP + j];
             xsum[(long)r * (K / Q4_GROUP) + g] = s;
         }
