@@ -198,11 +198,12 @@ def test_thread_governor_leaves_the_busy_core(monkeypatch):
         g = threads.ThreadGovernor(interval=0.5, max_threads=2)
         g.cores = 2
 
-        def second(own, others):
-            clock["t"] += 1.0
-            clock["own"] += own
-            clock["machine"] += own + others
-            g.tick()
+        def second(own, others, steps=10):  # a second of decode steps, each tick 1 / steps s after the last
+            for _ in range(steps):
+                clock["t"] += 1.0 / steps
+                clock["own"] += own / steps
+                clock["machine"] += (own + others) / steps
+                g.tick()
             return torch.get_num_threads()
 
         assert second(2.0, 0.05) == 2  # quiet: both cores
@@ -212,6 +213,14 @@ def test_thread_governor_leaves_the_busy_core(monkeypatch):
         clock["t"] += 0.1
         g.tick()  # within the interval: nothing is read
         assert g.changes == 2
+        assert second(0.0, 2.0, steps=1) == 2  # idle while others ran: a new window starts, nothing changes
+        assert second(1.9, 0.1) == 2 and g.changes == 2  # the window after the pause is quiet
+        second(0.0, 0.0, steps=1)  # another pause
+        clock["t"] += 0.15
+        clock["own"] += 0.15
+        clock["machine"] += 0.3
+        g.tick()  # a neighbour still busy: the short first window (interval / 4) already sees it
+        assert torch.get_num_threads() == 1 and g.changes == 3
     finally:
         torch.set_num_threads(before)
 

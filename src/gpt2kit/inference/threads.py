@@ -43,6 +43,7 @@ class ThreadGovernor:
         self.max_threads = max_threads or torch.get_num_threads()
         self.cores = os.cpu_count() or 1
         self._last = self._sample()
+        self._last_tick, self._window = self._last[0], interval
         self.changes = 0
 
     def _sample(self):
@@ -58,9 +59,20 @@ class ThreadGovernor:
         return max(0.0, ((m1 - m0) - (o1 - o0)) / (t1 - t0))
 
     def tick(self) -> None:
-        """Call once per step; adjusts torch's thread count at most every `interval` seconds."""
-        if self.max_threads < 2 or time.monotonic() - self._last[0] < self.interval:
+        """Call once per step; adjusts torch's thread count at most every `interval` seconds, from the window
+        since the last adjustment. A gap between steps longer than `interval` (the engine sat idle) starts a
+        new window: what others ran meanwhile says nothing about now, and counting it made the first half
+        second of every request after a busy pause run on one thread."""
+        now = time.monotonic()
+        idle, self._last_tick = now - self._last_tick > self.interval, now
+        if self.max_threads < 2:
             return
+        if idle:  # the first window after a pause is short, so a neighbour that is still there is left its core soon
+            self._last, self._window = self._sample(), self.interval / 4
+            return
+        if now - self._last[0] < self._window:
+            return
+        self._window = self.interval
         others = self.others()
         if others is None:
             return
