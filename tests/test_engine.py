@@ -193,3 +193,20 @@ def test_a_pool_smaller_than_one_context_is_refused(pair):
 
     with pytest.raises(GPT2KitError, match="cannot hold one context of 48 tokens: give at least 13 blocks"):
         core.Engine(pair[1], kv_blocks=12, block_len=4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_taken_block_is_zero_in_every_layer(dtype):
+    """A block comes back zeroed (NaN left by an earlier row must not reach a masked attention product)."""
+    from gpt2kit.config import GPTConfig
+    from gpt2kit.inference.kv import BlockPool
+
+    pool = BlockPool(GPTConfig(n_layer=3, n_head=2, n_embd=16, block_size=64, vocab_size=10), 4, dtype=dtype)
+    b = pool.take()
+    pool.k[:, b] = float("nan")
+    pool.v[:, b] = 1.0
+    pool.k[:, b + 1] = 2.0
+    pool.release([b])
+    assert pool.take() == b
+    assert not pool.k[:, b].any() and not pool.v[:, b].any()
+    assert (pool.k[:, b + 1] == 2.0).all()  # its neighbour is untouched
